@@ -1,0 +1,183 @@
+"""Vocabulary-free classification: `Classifier(model, database).classify(images) -> predictions`.
+
+Modes:
+- ``cased``: CaSED with every text embedding precomputed in the database, so a classification costs
+  one image forward plus one k-NN search;
+- ``cased-reference``: the same method computed the way the reference code does it (captions and
+  candidate names text-encoded per image), for benchmarks and cross-checks;
+- ``closest-caption``: the nearest caption is the label (a baseline of the paper);
+- ``vocabulary``: CLIP zero-shot over a given vocabulary (a user's list, WordNet nouns, English words).
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cased_core import scoring
+from cased_core.candidates import FALLBACK, extract_candidates, select_candidates
+from cased_core.database import Database, default_cache_dir
+from cased_core.lexicon import Lexicon, load_lexicon
+from cased_core.model import ClipModel
+
+MODES = ("cased", "cased-reference", "closest-caption", "vocabulary")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float  # the label's probability
+    candidates: tuple[tuple[str, float], ...]  # top-N (name, probability), best first
+    considered: int = 1  # how many candidate names were scored
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    k: int = 10
+    alpha: float = scoring.DEFAULT_ALPHA
+    top_n: int = 5
+    dedup_threshold: float = scoring.DEDUP_THRESHOLD
+    term_cache_size: int = 4096
+
+
+class TermEmbeddings:
+    """Text embeddings of candidate names: the database's precomputed table first, then a bounded LRU
+    cache filled by the text encoder (fallback names, names a stream's history adds)."""
+
+    def __init__(self, model: ClipModel, database: Database | None, cache_size: int):
+        self.model = model
+        self.table = database.term_embeddings if database is not None else np.zeros((0, model.dim), np.float32)
+        self.rows = {t: i for i, t in enumerate(database.terms)} if database is not None else {}
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_size = cache_size
+        self.encoded = 0  # text-encoder forwards spent on misses, for benchmarks and tests
+        self._lock = threading.Lock()  # the inference thread fills the cache, the event loop reads it
+
+    def lookup(self, name: str) -> np.ndarray | None:
+        """The embedding if it is known already; never runs the text encoder."""
+        if name in self.rows:
+            return self.table[self.rows[name]]
+        with self._lock:
+            return self.cache.get(name)
+
+    def embed(self, names: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            return self._embed(names)
+
+    def _embed(self, names: Sequence[str]) -> np.ndarray:
+        missing = [n for n in dict.fromkeys(names) if n not in self.rows and n not in self.cache]
+        if missing:
+            for name, vector in zip(missing, self.model.encode_texts(missing)):
+                self.cache[name] = vector
+            self.encoded += len(missing)
+        out = np.empty((len(names), self.model.dim), np.float32)
+        for i, name in enumerate(names):
+            if name in self.rows:
+                out[i] = self.table[self.rows[name]]
+            else:
+                self.cache.move_to_end(name)
+                out[i] = self.cache[name]
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return out
+
+
+def vocabulary_embeddings(model: ClipModel, names: Sequence[str], show_progress: bool = True) -> np.ndarray:
+    """Embeddings of a whole vocabulary, cached on disk per model and vocabulary (WordNet nouns cost
+    minutes with a large text encoder, once)."""
+    key = hashlib.sha256((model.identity + "\n" + "\n".join(names)).encode()).hexdigest()[:20]
+    path = default_cache_dir() / "vocabularies" / f"{key}.f16.npy"
+    if path.is_file():
+        return np.load(path).astype(np.float32)
+    from tqdm import tqdm
+
+    with tqdm(total=len(names), desc="embedding vocabulary", disable=not show_progress, mininterval=1.0) as bar:
+        embeddings = model.encode_texts(names, progress=bar.update)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, embeddings.astype(np.float16))
+    return embeddings
+
+
+class Classifier:
+    def __init__(self, model: ClipModel, database: Database | None = None, mode: str = "cased",
+                 vocabulary: Sequence[str] | None = None, config: ClassifierConfig = ClassifierConfig(),
+                 lexicon: Lexicon | None = None):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode == "vocabulary":
+            if not vocabulary:
+                raise ValueError("mode 'vocabulary' needs a non-empty vocabulary")
+            self.vocabulary = list(dict.fromkeys(vocabulary))
+            self.vocabulary_embeddings = vocabulary_embeddings(model, self.vocabulary)
+        elif database is None:
+            raise ValueError(f"mode {mode!r} needs a caption database")
+        if database is not None:
+            database.check_model(model.identity)
+        self.model, self.database, self.mode, self.config = model, database, mode, config
+        self.terms = TermEmbeddings(model, database, config.term_cache_size)
+        self.lexicon = lexicon if lexicon is not None or mode != "cased-reference" else load_lexicon()
+
+    def classify(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
+        out: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            pixels = torch.stack([self.model.preprocess(im.convert("RGB")) for im in images[start:start + batch_size]])
+            out.extend(self.classify_pixels(pixels))
+        return out
+
+    def classify_pixels(self, pixels: torch.Tensor) -> list[Prediction]:
+        return self.classify_embeddings(self.model.encode_pixels(pixels))
+
+    def classify_embeddings(self, images: np.ndarray,
+                            extra_candidates: Sequence[Sequence[str]] | None = None) -> list[Prediction]:
+        """Classify L2-normalised image embeddings. `extra_candidates[i]` joins image i's candidate set
+        (a stream's earlier labels), as CaSED would treat any other candidate."""
+        if self.mode == "vocabulary":
+            return self._vocabulary(images)
+        hits = self.database.search(images, self.config.k)
+        extras = extra_candidates or [()] * len(images)
+        if self.mode == "closest-caption":
+            return [Prediction(self.database.caption(int(ids[0])), float(scores[0]), ())
+                    for scores, ids in zip(hits.scores, hits.ids)]
+        score = self._cased_reference if self.mode == "cased-reference" else self._cased
+        return [score(image, ids[ids >= 0], extra) for image, ids, extra in zip(images, hits.ids, extras)]
+
+    def _cased(self, image: np.ndarray, ids: np.ndarray, extra: Sequence[str]) -> Prediction:
+        caption_embeddings = self.database.caption_embeddings(ids)
+        kept = scoring.drop_near_duplicates(caption_embeddings, self.config.dedup_threshold)
+        term_ids = select_candidates(self.database.caption_term_ids(int(i)) for i in ids[kept])
+        names = [self.database.terms[t] for t in term_ids] or [FALLBACK]
+        names += [e for e in extra if e not in names]
+        caption_centroid = scoring.centroid(caption_embeddings[kept])
+        return self._score(image, caption_centroid, names, self.terms.embed(names))
+
+    def _cased_reference(self, image: np.ndarray, ids: np.ndarray, extra: Sequence[str]) -> Prediction:
+        captions = [self.database.caption(int(i)) for i in ids]
+        caption_embeddings = self.model.encode_texts(captions)
+        kept = scoring.drop_near_duplicates(caption_embeddings, self.config.dedup_threshold)
+        names = extract_candidates([captions[i] for i in kept], self.lexicon)
+        names += [e for e in extra if e not in names]
+        caption_centroid = scoring.centroid(caption_embeddings[kept])
+        return self._score(image, caption_centroid, names, self.model.encode_texts(names))
+
+    def _score(self, image: np.ndarray, caption_centroid: np.ndarray, names: list[str],
+               embeddings: np.ndarray) -> Prediction:
+        probabilities = scoring.cased_scores(image, caption_centroid, embeddings, self.model.logit_scale,
+                                             self.config.alpha)
+        best = int(np.argmax(probabilities))
+        return Prediction(names[best], float(probabilities[best]),
+                          scoring.top_n(names, probabilities, self.config.top_n), len(names))
+
+    def _vocabulary(self, images: np.ndarray) -> list[Prediction]:
+        probabilities = scoring.softmax(self.model.logit_scale * (images @ self.vocabulary_embeddings.T))
+        out = []
+        for row in probabilities:
+            best = int(np.argmax(row))
+            out.append(Prediction(self.vocabulary[best], float(row[best]),
+                                  scoring.top_n(self.vocabulary, row, self.config.top_n), len(row)))
+        return out

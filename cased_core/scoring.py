@@ -1,0 +1,46 @@
+"""CaSED's scoring, and the caption steps that feed it (steps 3, 4 and 7 of CASED.md)."""
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_ALPHA = 0.7
+DEDUP_THRESHOLD = 0.94
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def drop_near_duplicates(embeddings: np.ndarray, threshold: float = DEDUP_THRESHOLD) -> np.ndarray:
+    """Indices of the rows kept, in order: a row whose cosine to an already kept row is >= threshold is
+    dropped. Rows must be L2-normalised."""
+    kept: list[int] = []
+    for i in range(len(embeddings)):
+        if not kept or float(np.max(embeddings[kept] @ embeddings[i])) < threshold:
+            kept.append(i)
+    return np.asarray(kept, dtype=np.int64)
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def centroid(embeddings: np.ndarray) -> np.ndarray:
+    """Normalise each, average, normalise again."""
+    return normalise(normalise(embeddings).mean(axis=0))
+
+
+def cased_scores(image: np.ndarray, caption_centroid: np.ndarray, candidates: np.ndarray,
+                 logit_scale: float, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+    """final = alpha * softmax(s * cos(image, c)) + (1 - alpha) * softmax(s * cos(centroid, c)),
+    over this image's own candidates c (rows of `candidates`, L2-normalised)."""
+    visual = softmax(logit_scale * (candidates @ image))
+    textual = softmax(logit_scale * (candidates @ caption_centroid))
+    return alpha * visual + (1.0 - alpha) * textual
+
+
+def top_n(names: list[str], probabilities: np.ndarray, n: int) -> tuple[tuple[str, float], ...]:
+    order = np.argsort(-probabilities, kind="stable")[:n]
+    return tuple((names[i], float(probabilities[i])) for i in order)

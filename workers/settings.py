@@ -1,0 +1,53 @@
+"""One settings object, read from environment variables; CLI flags override it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "tiny"  # 'tiny', an open_clip architecture (e.g. ViT-L-14) or a checkpoint folder
+    pretrained: str | None = None  # open_clip pretrained tag (e.g. openai) or checkpoint file
+    database: str = "tiny"  # 'tiny', a database folder or s3://bucket/prefix
+    device: str = "auto"  # auto: CUDA with fp16 when present, else CPU
+    cache_dir: str | None = None  # where s3:// databases and vocabulary embeddings are cached
+    k: int = 10
+    alpha: float = 0.7
+    top_n: int = 5
+    # Streaming worker
+    broker: str = "kafka://127.0.0.1:9092"  # comma-separated kafka://HOST:PORT list
+    app_id: str = "cased-workers"  # Faust app id: the consumer group and the table changelog prefix
+    images_topic: str = "images.in"
+    labels_topic: str = "labels.out"
+    dead_letter_topic: str = "images.dlq"
+    partitions: int = 8  # partitions of topics the worker creates; scale replicas up to this
+    batch_size: int = 16
+    max_wait_s: float = 0.05  # flush a partial batch after this long
+    history_policy: str = "live"  # default per-stream policy: live (smoothing) or upload (naming only)
+    history_margin: float = 0.1
+    history_patience: int = 3
+    fetch_timeout_s: float = 10.0
+    fetch_retries: int = 2
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    s3_buckets: str = ""  # comma-separated buckets workers may read; empty: none
+    file_root: str = ""  # folder file:// sources may read from; empty: none
+    allow_private_hosts: int = 0  # 1: let http(s) reach loopback/private addresses (tests, on-prem)
+    web_port: int = 6066  # health and status endpoint
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        """CASED_<FIELD> for each field, e.g. CASED_MODEL=ViT-L-14 CASED_PRETRAINED=openai."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for field in fields(cls):
+            raw = env.get(f"CASED_{field.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            kind = field.type if isinstance(field.type, str) else field.type.__name__
+            try:
+                values[field.name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+            except ValueError as err:
+                raise ValueError(f"CASED_{field.name.upper()}={raw!r} is not a valid {kind}") from err
+        return cls(**values)

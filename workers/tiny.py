@@ -1,0 +1,30 @@
+"""Build the tiny world's model and database: what ships as package data for demos and tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cased_core import tinyworld
+from cased_core.database import build_database
+from cased_core.lexicon import load_lexicon
+from cased_core.model import load_model
+from cased_core.train import TrainConfig, train_tiny
+
+
+def write_captions(path: Path, count: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    path.write_text("".join(c + "\n" for c in tinyworld.captions(rng, count)), encoding="utf-8")
+    return path
+
+
+def build_tiny(out: Path, steps: int = 3000, captions: int = 30_000, seed: int = 0) -> tuple[Path, Path]:
+    """Train the tiny model into out/tiny-model, then build out/tiny-db from fresh captions with it.
+    The caption seed differs from the training seed so the database is not the training text."""
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = train_tiny(out / "tiny-model", TrainConfig(steps=steps, seed=seed))
+    caption_file = write_captions(out / "tiny-captions.txt", captions, seed + 1000)
+    model = load_model(str(model_dir), device="cpu")
+    db_dir = build_database([caption_file], out / "tiny-db", model, load_lexicon())
+    caption_file.unlink()
+    return model_dir, db_dir
