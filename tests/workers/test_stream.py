@@ -1,0 +1,262 @@
+"""The worker against a real broker (Tansu) and a real S3 endpoint (moto), as separate processes."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from PIL import Image
+
+from cased_core import tinyworld
+from topics import events as ev
+from workers.broker import free_port
+from workers.clients import ensure_topics, image_event, producer, publish, read_records
+
+TOPICS = ("images.in", "labels.out", "images.dlq")
+PARTITIONS = 4
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def shape(category: str, seed: int) -> bytes:
+    return png(tinyworld.render(np.random.default_rng(seed), category, size=64)[0])
+
+
+class WorkerProcess:
+    """`cased worker` in its own process, its log kept in a file."""
+
+    def __init__(self, broker_url: str, log_dir: Path, env: dict[str, str] | None = None, name: str = "w"):
+        self.log = log_dir / f"{name}.log"
+        full_env = {**os.environ, "CASED_BROKER": broker_url, "CASED_PARTITIONS": str(PARTITIONS),
+                    "CASED_WEB_PORT": str(free_port()), "CASED_BATCH_SIZE": "8", **(env or {})}
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--loglevel", "warning"],
+                                            env=full_env, stdout=log, stderr=subprocess.STDOUT)
+
+    def assignment(self) -> list[int] | None:
+        found = re.findall(r"assigned images\.in partitions: \[([\d, ]*)\]", self.log.read_text())
+        return [int(p) for p in found[-1].split(",") if p.strip()] if found else None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def workers(tmp_path):
+    started: list[WorkerProcess] = []
+
+    def start(broker_url: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(broker_url, tmp_path, env, name=f"worker{len(started)}")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop(signal.SIGKILL)
+
+
+def collect(broker_url: str, expected: int, timeout_s: float = 90.0) -> list[tuple[str, bytes]]:
+    """Records from labels.out and images.dlq until `expected` arrived (or the time is up)."""
+    deadline = time.monotonic() + timeout_s
+    records: list[tuple[str, bytes]] = []
+    while time.monotonic() < deadline:
+        records = [(topic, value) for topic, _, value in read_records(broker_url, ["labels.out", "images.dlq"],
+                                                                      idle_timeout_s=1.0)]
+        if len(records) >= expected:
+            break
+        time.sleep(0.5)
+    return records
+
+
+def send(broker_url: str, events: list[ev.ImageEvent]) -> list[str]:
+    client = producer(broker_url)
+    try:
+        return publish(client, "images.in", events)
+    finally:
+        client.close()
+
+
+def labels_by_event(records) -> dict[str, list[ev.LabelEvent]]:
+    out = defaultdict(list)
+    for topic, value in records:
+        if topic == "labels.out":
+            label = ev.decode_label_event(value)
+            out[label.event_id].append(label)
+    return out
+
+
+def test_every_event_ends_as_exactly_one_record(broker, s3_endpoint, workers, tmp_path):
+    url, s3 = s3_endpoint
+    s3.create_bucket(Bucket="frames")
+    s3.put_object(Bucket="frames", Key="star.png", Body=shape("star", 1))
+    s3.put_object(Bucket="frames", Key="notes.txt", Body=b"just some text, not an image")
+    s3.create_bucket(Bucket="secret")
+    s3.put_object(Bucket="secret", Key="x.png", Body=shape("moon", 2))
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "heart.png").write_bytes(shape("heart", 3))
+    (tmp_path / "outside.png").write_bytes(shape("ring", 4))
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    workers(broker.url, {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                         "AWS_DEFAULT_REGION": "us-east-1", "CASED_S3_BUCKETS": "frames",
+                         "CASED_FILE_ROOT": str(root), "CASED_FETCH_RETRIES": "0", "CASED_FETCH_TIMEOUT_S": "3"})
+    good = [
+        image_event("cam", "s3://frames/star.png", event_id="s3-ok"),
+        image_event("cam", shape("triangle", 5), event_id="inline-ok"),
+        image_event("cam", f"file://{root / 'heart.png'}", event_id="file-ok"),
+    ]
+    bad = {
+        "missing": (image_event("cam", "s3://frames/nope.png", event_id="missing"), ev.NOT_FOUND),
+        "text": (image_event("cam", "s3://frames/notes.txt", event_id="text"), ev.NOT_AN_IMAGE),
+        "bucket": (image_event("cam", "s3://secret/x.png", event_id="bucket"), ev.FORBIDDEN_SOURCE),
+        "metadata": (image_event("cam", "http://169.254.169.254/latest/meta-data", event_id="metadata"),
+                     ev.FORBIDDEN_SOURCE),
+        "loopback": (image_event("cam", f"{url}/frames/star.png", event_id="loopback"), ev.FORBIDDEN_SOURCE),
+        "outside": (image_event("cam", f"file://{tmp_path / 'outside.png'}", event_id="outside"), ev.FORBIDDEN_SOURCE),
+        "ftp": (image_event("cam", "ftp://example.org/a.png", event_id="ftp"), ev.UNSUPPORTED_SOURCE),
+        "garbage": (image_event("cam", b"\x00\x01 not an image", event_id="garbage"), ev.NOT_AN_IMAGE),
+    }
+    send(broker.url, good + [event for event, _ in bad.values()])
+    client = producer(broker.url)
+    client.send("images.in", key=b"cam", value=b"\xc1 not msgpack").get(10)
+    client.send("images.in", key=b"cam", value=msgpack.packb({"v": 1, "event_id": "no-source", "stream_id": "cam"})).get(10)
+    client.close()
+    expected = len(good) + len(bad) + 2
+    records = collect(broker.url, expected)
+    assert len(records) == expected, records
+    labels = labels_by_event(records)
+    assert sorted(labels) == sorted(e.event_id for e in good)
+    letters = [ev.decode_dead_letter(v) for t, v in records if t == "images.dlq"]
+    reasons = {letter.event_id: letter.reason for letter in letters}
+    for event_id, (_, reason) in bad.items():
+        assert reasons[event_id] == reason, (event_id, [l for l in letters if l.event_id == event_id])
+    assert reasons["no-source"] == ev.INVALID_EVENT
+    unreadable = [letter for letter in letters if letter.event_id is None]
+    assert len(unreadable) == 1 and unreadable[0].payload == b"\xc1 not msgpack"
+    assert unreadable[0].reason == ev.INVALID_EVENT
+    label = labels["s3-ok"][0]
+    assert label.model.startswith("tiny@") and label.database.startswith("tiny-db@")
+    assert label.stream_id == "cam" and label.candidates and label.history[-1] == label.label
+
+
+def test_per_stream_order_and_a_flickering_camera(broker, workers):
+    """Frames alternate star/heart: the raw label alternates, the live stream's label stays; then a real
+    scene change (moon) is followed. An upload stream interleaved with it keeps its own order."""
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    worker = workers(broker.url)
+    flicker = [shape("star" if i % 2 == 0 else "heart", 100 + i) for i in range(8)]
+    change = [shape("moon", 200 + i) for i in range(6)]
+    camera = [image_event("camera", frame, {"history": "live", "seq": i}, event_id=f"cam-{i:02d}")
+              for i, frame in enumerate(flicker + change)]
+    uploads = [image_event("uploads", shape(c, 300 + i), {"history": "upload", "seq": i}, event_id=f"up-{i:02d}")
+               for i, c in enumerate(["circle", "square", "arrow", "cross"])]
+    interleaved = [e for pair in zip(camera, uploads + [None] * len(camera)) for e in pair if e is not None]
+    send(broker.url, interleaved)
+    records = collect(broker.url, len(interleaved))
+    assert len(records) == len(interleaved)
+    by_stream = defaultdict(list)
+    for topic, value in records:
+        label = ev.decode_label_event(value)
+        by_stream[label.stream_id].append(label)
+    for stream in ("camera", "uploads"):
+        assert [l.attrs["seq"] for l in by_stream[stream]] == sorted(l.attrs["seq"] for l in by_stream[stream])
+    cam = by_stream["camera"]
+    raw = [l.raw_label for l in cam[:8]]
+    # the tiny model names each frame alone ("star", or a WordNet term such as "blue star")
+    assert all(("star" if i % 2 == 0 else "heart") in name for i, name in enumerate(raw)), raw
+    assert {l.label for l in cam[:8]} == {"star"}  # ... and the stream's label does not flicker
+    assert cam[-1].label == "moon" and cam[-1].raw_label == "moon"
+    assert cam[-1].history[-3:] == ["moon"] * 3
+    assert [l.label for l in by_stream["uploads"]] == [l.raw_label for l in by_stream["uploads"]]
+    assert worker.process.poll() is None
+
+
+def test_startup_to_first_label_is_quick(broker, workers):
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    started = time.monotonic()
+    workers(broker.url)
+    send(broker.url, [image_event("cam", shape("star", 7), event_id="first")])
+    records = collect(broker.url, 1, timeout_s=30)
+    elapsed = time.monotonic() - started
+    assert [ev.decode_label_event(v).event_id for _, v in records] == ["first"]
+    assert elapsed < 15, f"first label after {elapsed:.1f}s"
+
+
+def test_a_killed_worker_loses_nothing(broker, workers):
+    """SIGKILL mid-stream, restart: every event is answered, and re-delivered ones identically."""
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    events = [image_event(f"cam-{i % 3}", shape(tinyworld.CATEGORIES[i % 10], 400 + i), event_id=f"e{i:03d}")
+              for i in range(120)]
+    first = workers(broker.url)
+    send(broker.url, events[:60])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(collect(broker.url, 1, timeout_s=5)) < 20:
+        time.sleep(0.2)
+    send(broker.url, events[60:])
+    first.stop(signal.SIGKILL)
+    workers(broker.url)
+    records = collect(broker.url, len(events), timeout_s=120)
+    labels = labels_by_event(records)
+    assert sorted(labels) == sorted(e.event_id for e in events)
+    for event_id, copies in labels.items():
+        assert all(copy == copies[0] for copy in copies), (event_id, copies)
+
+
+def test_a_second_worker_takes_over_partitions(broker, workers):
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    first = workers(broker.url)
+    send(broker.url, [image_event("a", shape("star", 1), event_id="warm")])
+    assert len(collect(broker.url, 1)) == 1
+    assert first.assignment() == list(range(PARTITIONS))
+    second = workers(broker.url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (second.assignment() and len(first.assignment() or []) < PARTITIONS):
+        time.sleep(0.5)
+    a, b = first.assignment(), second.assignment()
+    assert a and b and not set(a) & set(b) and sorted(a + b) == list(range(PARTITIONS)), (a, b)
+    events = [image_event(f"stream-{i}", shape("heart", 500 + i), event_id=f"after-{i}") for i in range(12)]
+    send(broker.url, events)
+    records = collect(broker.url, 1 + len(events))
+    assert sorted(labels_by_event(records)) == sorted(["warm"] + [e.event_id for e in events])
+
+
+def test_the_demo_runs_end_to_end():
+    """`cased demo`: embedded broker, a worker, a camera and an upload stream, all answered, clean exit."""
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--frames", "3"], capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "15 of 15 records received" in result.stdout, result.stdout
+    assert "camera-1" in result.stdout and "uploads" in result.stdout
+
+
+def test_bench_stream_prints_and_writes_its_figures(tmp_path):
+    out = tmp_path / "stream.json"
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "bench", "stream", "--model", "tiny", "--images", "32",
+                             "--latency-events", "10", "--batch-size", "8", "--work-dir", str(tmp_path / "w"),
+                             "--out", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    figures = json.loads(result.stdout)
+    assert figures == json.loads(out.read_text())
+    assert figures["stream_images_per_s"] > 0 and figures["encode_images_per_s"] > 0
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"]

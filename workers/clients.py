@@ -1,0 +1,98 @@
+"""Plain Kafka clients for the CLI, the demo and the tests: create topics, publish images, read records."""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from topics import events as ev
+
+INLINE_LIMIT = 512 * 1024  # local files up to this size travel inline; larger ones need a shared uri
+
+
+def bootstrap(broker: str) -> list[str]:
+    """'kafka://a:9092,b:9092' (Faust style) or 'a:9092' -> ['a:9092', 'b:9092']."""
+    return [part.removeprefix("kafka://").strip() for part in broker.split(",") if part.strip()]
+
+
+def ensure_topics(broker: str, names: Iterable[str], partitions: int) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap(broker), client_id="cased-admin")
+    try:
+        # One at a time, tolerating existing ones: listing topics first trips kafka-python on some
+        # brokers' metadata (Tansu's authorised-operations field), and creation is idempotent anyway.
+        for name in names:
+            try:
+                admin.create_topics([NewTopic(name, partitions, 1)])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def producer(broker: str):
+    from kafka import KafkaProducer
+
+    return KafkaProducer(bootstrap_servers=bootstrap(broker), acks="all", linger_ms=5)
+
+
+def image_event(stream_id: str, source: str | bytes | Path, attrs: dict | None = None,
+                event_id: str | None = None) -> ev.ImageEvent:
+    """An event for a uri, inline bytes, or a local file (sent inline when small)."""
+    uri = image = None
+    if isinstance(source, bytes):
+        image = source
+    elif isinstance(source, Path) or "://" not in source:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file; pass a uri (s3://, https://, file://) or a local image")
+        if path.stat().st_size > INLINE_LIMIT:
+            raise ValueError(f"{path} is over {INLINE_LIMIT} bytes: upload it and publish its s3:// or https:// uri")
+        image = path.read_bytes()
+    else:
+        uri = source
+    return ev.ImageEvent(event_id=event_id or uuid.uuid4().hex, stream_id=stream_id, uri=uri, image=image,
+                         ts=time.time(), attrs=attrs or {})
+
+
+def publish(client, topic: str, events: Iterable[ev.ImageEvent]) -> list[str]:
+    """Send events keyed by stream_id, in order; returns their event ids once all were acknowledged."""
+    futures, ids = [], []
+    for event in events:
+        futures.append(client.send(topic, key=event.stream_id.encode(), value=ev.encode_image_event(event)))
+        ids.append(event.event_id)
+    for future in futures:
+        future.get(timeout=30)
+    return ids
+
+
+def read_records(broker: str, topics: list[str], idle_timeout_s: float | None = 5.0,
+                 from_beginning: bool = True) -> Iterator[tuple[str, bytes | None, bytes]]:
+    """(topic, key, value) from every partition of `topics`, without a consumer group; stops after
+    `idle_timeout_s` without a record (None: follow forever)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap(broker),
+                             consumer_timeout_ms=int(idle_timeout_s * 1000) if idle_timeout_s else float("inf"),
+                             enable_auto_commit=False,
+                             fetch_max_wait_ms=20)  # a reader measures latency: don't let the broker hold fetches
+    try:
+        partitions = []
+        deadline = time.monotonic() + 10
+        for topic in topics:
+            ids = consumer.partitions_for_topic(topic)
+            while ids is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+                ids = consumer.partitions_for_topic(topic)
+            partitions += [TopicPartition(topic, p) for p in sorted(ids or ())]
+        consumer.assign(partitions)
+        if from_beginning:
+            consumer.seek_to_beginning(*partitions)
+        for message in consumer:
+            yield message.topic, message.key, message.value
+    finally:
+        consumer.close()
