@@ -104,6 +104,9 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None) -> Worke
     async def classify(stream):
         async for events in stream.take_events(settings.batch_size, within=settings.max_wait_s):
             records = await pipeline.process([event.value for event in events], histories)
+            # History first: once the changelog holds a record, a re-delivered event replays it, so a
+            # label is never emitted without its replay copy (duplicates stay identical).
+            await app.producer.flush()
             deliveries = [await outputs[r.topic].send(key=r.key, value=r.value) for r in records]
             await asyncio.gather(*deliveries)
 
@@ -132,8 +135,9 @@ async def rewind_uncommitted(app: faust.App, partitions: set, timeout_s: float =
     todo = [tp for tp in partitions if tp in assigned and consumer._committed_offset.get(tp) is None
             and consumer._read_offset.get(tp) is None]
     if todo:
-        for tp, offset in (await consumer.earliest_offsets(*todo)).items():
-            await consumer.seek(tp, offset)
+        # seek_wait seeks in the consumer's own thread, as Faust's recovery does; seeking from the
+        # event loop raced the fetcher and crashed it.
+        await consumer.seek_wait(dict(await consumer.earliest_offsets(*todo)))
         log.info("rewound %d uncommitted partitions to their start", len(todo))
 
 
