@@ -1,0 +1,263 @@
+"""The Helm chart: lint, render with defaults and with GPU + KEDA + secrets, reject bad values.
+
+helm-python-sdk renders offline through Helm's own Go SDK (schema validation and `fail` included).
+A missing package is an error, not a skip: CI installs the dev extra.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import helm_python as helm
+import pytest
+import yaml
+
+CHART = Path(__file__).resolve().parents[2] / "helm" / "cased-stream"
+
+# Distinctive fake secrets: they must never reach a rendered manifest or an error message.
+FAKE_S3_KEY_ID = "AKIAFAKEKEYID0123456789"
+FAKE_S3_SECRET = "fake-s3-secret-Zq8wXv3Lp"
+FAKE_SASL_PASSWORD = "fake-sasl-password-Hn4Kd9Tr"
+FAKE_SECRETS = (FAKE_S3_KEY_ID, FAKE_S3_SECRET, FAKE_SASL_PASSWORD)
+
+SECURE = {
+    "gpu": {
+        "enabled": True,
+        "count": 2,
+        "nodeSelector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+    "autoscaling": {"mode": "keda", "minReplicas": 2, "maxReplicas": 12, "keda": {"lagThreshold": 20}},
+    "kafka": {
+        "bootstrapServers": ["kafka-0.kafka:9093", "kafka-1.kafka:9093"],
+        "appId": "cased-prod",
+        "topics": {"images": "cams.images", "labels": "cams.labels", "deadLetters": "cams.dlq"},
+        "partitions": 12,
+        "security": {
+            "protocol": "SASL_SSL",
+            "sasl": {"mechanism": "SCRAM-SHA-512", "existingSecret": "kafka-user",
+                     "usernameKey": "user", "passwordKey": "pass"},
+            "tls": {"caSecret": "kafka-ca", "caKey": "root.pem"},
+        },
+    },
+    "s3": {"endpoint": "http://minio:9000", "region": "eu-west-1", "existingSecret": "s3-creds",
+           "accessKeyIdKey": "key-id", "secretAccessKeyKey": "key-secret"},
+    "telemetry": {"otlpEndpoint": "http://otel-collector:4317"},
+    "model": {"name": "ViT-L-14", "pretrained": "openai"},
+    "database": {"uri": "s3://models/dbs/cc12m"},
+}
+
+
+def render(values: dict | None = None) -> dict[str, str]:
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values, name="rel", namespace="vision")
+
+
+def manifests(rendered: dict[str, str]) -> list[dict]:
+    docs = []
+    for path, text in rendered.items():
+        if path.endswith(".yaml"):
+            docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def kinds(docs: list[dict]) -> set[str]:
+    return {d["kind"] for d in docs}
+
+
+def worker(docs: list[dict]) -> dict:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_refs(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_lint_clean():
+    report = helm.lint(CHART)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []  # no warnings either
+    # The secure configuration lints too (values are schema-checked by lint).
+    assert helm.lint(CHART, SECURE)["errors"] == []
+
+
+def test_defaults_render_a_hardened_worker():
+    docs = manifests(render())
+    assert {"Deployment", "ConfigMap", "Service", "PodDisruptionBudget", "ServiceAccount"} <= kinds(docs)
+    assert not {"ScaledObject", "TriggerAuthentication", "HorizontalPodAutoscaler"} & kinds(docs)
+
+    deploy = one(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    c = worker(docs)
+    assert deploy["spec"]["replicas"] == 1
+    assert c["ports"] == [{"name": "http", "containerPort": 6066, "protocol": "TCP"}]
+    for probe, path in (("startupProbe", "/ready"), ("readinessProbe", "/ready"), ("livenessProbe", "/live")):
+        assert c[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # model + database download
+    assert pod["terminationGracePeriodSeconds"] >= 60
+
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's USER
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for path in ("/cache", "/tmp", "/data"):  # writable despite the read-only root
+        assert "emptyDir" in volumes[mounts[path]], path
+    assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
+    assert "checksum/config" in deploy["spec"]["template"]["metadata"]["annotations"]
+
+    config = one(docs, "ConfigMap")
+    assert c["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+    data = config["data"]
+    assert data["CASED_BROKER"] == "kafka://kafka:9092"
+    assert data["CASED_APP_ID"] == "cased-workers"
+    assert data["CASED_IMAGES_TOPIC"] == "images.in"
+    assert data["CASED_CACHE_DIR"] == "/cache"
+    assert data["CASED_WEB_PORT"] == "6066"
+    assert data["CASED_DEVICE"] == "auto"
+    assert data["CASED_HISTORY_POLICY"] == "live"
+    assert all(isinstance(v, str) for v in data.values())  # ConfigMap data must be strings
+
+    service = one(docs, "Service")
+    assert service["spec"]["ports"][0]["port"] == 6066
+    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+def test_config_change_rolls_pods():
+    def checksum(values):
+        return one(manifests(render(values)), "Deployment")["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"]
+    assert checksum(None) != checksum({"batching": {"batchSize": 32}})
+
+
+def test_gpu_keda_and_secrets():
+    rendered = render(SECURE)
+    docs = manifests(rendered)
+    deploy = one(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    c = worker(docs)
+    data = one(docs, "ConfigMap")["data"]
+
+    # GPU
+    assert str(c["resources"]["limits"]["nvidia.com/gpu"]) == "2"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert data["CASED_DEVICE"] == "cuda"
+
+    # KEDA owns the replica count and measures the group the workers really join.
+    assert "replicas" not in deploy["spec"]
+    scaled = one(docs, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deploy["metadata"]["name"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert meta["consumerGroup"] == data["CASED_APP_ID"] == "cased-prod"
+    assert meta["topic"] == data["CASED_IMAGES_TOPIC"] == "cams.images"
+    assert data["CASED_BROKER"] == "kafka://" + meta["bootstrapServers"]
+    assert meta["lagThreshold"] == "20"
+    assert meta["sasl"] == "scram_sha512" and meta["tls"] == "enable"
+    assert scaled["spec"]["minReplicaCount"] >= 1
+    assert scaled["spec"]["maxReplicaCount"] <= int(data["CASED_PARTITIONS"])
+    auth = one(docs, "TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    assert refs == {"username": ("kafka-user", "user"), "password": ("kafka-user", "pass"),
+                    "ca": ("kafka-ca", "root.pem")}
+
+    # Secrets are referenced, never inlined.
+    env = env_refs(c)
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": "key-id"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": "key-secret"}
+    assert env["CASED_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "kafka-user", "key": "pass"}
+    assert env["CASED_KAFKA_SASL_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "kafka-user", "key": "user"}
+    assert all("value" not in e for e in env.values())
+    assert "Secret" not in kinds(docs)
+    ca_mount = next(m for m in c["volumeMounts"] if m["name"] == "kafka-ca")
+    ca_volume = next(v for v in pod["volumes"] if v["name"] == "kafka-ca")
+    assert ca_volume["secret"]["secretName"] == "kafka-ca"
+    assert ca_volume["secret"]["items"] == [{"key": "root.pem", "path": "ca.crt"}]
+    assert data["CASED_KAFKA_CA_FILE"] == ca_mount["mountPath"] + "/ca.crt"
+    assert data["CASED_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert data["CASED_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+
+    # Telemetry, model, database.
+    assert data["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
+    assert data["OTEL_SERVICE_NAME"]
+    assert data["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert (data["CASED_MODEL"], data["CASED_PRETRAINED"]) == ("ViT-L-14", "openai")
+    assert data["CASED_DATABASE"] == "s3://models/dbs/cc12m"
+
+    assert "PodDisruptionBudget" in kinds(docs)
+    assert "HorizontalPodAutoscaler" not in kinds(docs)
+    text = "\n".join(rendered.values())
+    assert not any(secret in text for secret in FAKE_SECRETS)
+
+
+def merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@pytest.mark.parametrize("attempt", [
+    {"s3": {"accessKeyId": FAKE_S3_KEY_ID, "secretAccessKey": FAKE_S3_SECRET}},
+    {"kafka": {"security": {"sasl": {"password": FAKE_SASL_PASSWORD}}}},
+    {"extraEnv": {"AWS_SECRET_ACCESS_KEY": FAKE_S3_SECRET}},
+    {"extraEnv": {"CASED_KAFKA_SASL_PASSWORD": FAKE_SASL_PASSWORD}},
+])
+def test_inline_secrets_are_refused_without_echoing_them(attempt):
+    """There is no value that inlines a secret: each attempt fails, and the error does not leak it."""
+    with pytest.raises(helm.HelmError) as err:
+        render(merged(SECURE, attempt))
+    assert not any(secret in str(err.value) for secret in FAKE_SECRETS)
+
+
+def test_hpa_mode():
+    docs = manifests(render({"autoscaling": {"mode": "hpa", "minReplicas": 1, "maxReplicas": 4}}))
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert "ScaledObject" not in kinds(docs)
+    assert "replicas" not in one(docs, "Deployment")["spec"]
+
+
+def test_existing_cache_claim_and_min_available():
+    docs = manifests(render({"cache": {"existingClaim": "cased-cache"},
+                             "podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": None}}))
+    volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["cache"] == {"name": "cache", "persistentVolumeClaim": {"claimName": "cased-cache"}}
+    assert one(docs, "PodDisruptionBudget")["spec"] == {
+        "minAvailable": 1, "selector": one(docs, "PodDisruptionBudget")["spec"]["selector"]}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"replicas": 0}, "/replicas"),
+    ({"replicas": "3"}, "/replicas"),
+    ({"autoscaling": {"mode": "bogus"}}, "/autoscaling/mode"),
+    ({"history": {"policy": "sometimes"}}, "/history/policy"),
+    ({"device": "tpu"}, "/device"),
+    ({"kafka": {"partitions": 0}}, "/kafka/partitions"),
+    ({"kafka": {"bootstrapServers": ["kafka://kafka:9092"]}}, "/kafka/bootstrapServers"),
+    ({"kafka": {"security": {"protocol": "SASL_SSL"}}}, "existingSecret"),
+    ({"autoscaling": {"mode": "keda", "minReplicas": 0}}, "/autoscaling/minReplicas"),
+    ({"autoscaling": {"mode": "keda", "maxReplicas": 9}}, "exceeds kafka.partitions (8)"),
+    ({"autoscaling": {"mode": "hpa", "maxReplicas": 16}, "kafka": {"partitions": 12}},
+     "exceeds kafka.partitions (12)"),
+    ({"autoscaling": {"mode": "keda", "minReplicas": 4, "maxReplicas": 2}}, "must be >= autoscaling.minReplicas"),
+    ({"autoscaling": {"mode": "hpa"}, "resources": {"requests": {"cpu": None}}}, "resources.requests.cpu"),
+    ({"model": {"pretrained": "openai", "checkpoint": "s3://m/ckpt.pt"}}, "not both"),
+    ({"probes": {"startup": {"periodSeconds": 0, "failureThreshold": 60}}}, "/probes/startup/periodSeconds"),
+])
+def test_invalid_values_fail_with_a_clear_message(values, message):
+    with pytest.raises(helm.HelmError) as err:
+        render(values)
+    assert message in str(err.value)
