@@ -24,6 +24,7 @@ from cased_core.model import load_model
 from topics import events as ev
 from workers.clients import ensure_topics
 from workers.fetch import Fetcher, FetchLimits
+from workers.health import WorkerHealth
 from workers.pipeline import Pipeline
 from workers.settings import Settings
 
@@ -58,6 +59,7 @@ class StreamHistories(MutableMapping):
 class Worker:
     app: faust.App
     pipeline: Pipeline
+    health: WorkerHealth
 
 
 def fetch_limits(settings: Settings) -> FetchLimits:
@@ -99,24 +101,43 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None) -> Worke
     table = app.Table("stream-history", default=None, partitions=settings.partitions, key_type=bytes,
                       value_type=bytes, use_partitioner=True)  # raw bytes: the app's serializers
     histories = StreamHistories(table)
+    health = WorkerHealth(pipeline.classifier.model.identity, pipeline.database_name)
 
     @app.agent(images, concurrency=1)
     async def classify(stream):
         async for events in stream.take_events(settings.batch_size, within=settings.max_wait_s):
+            health.batch_started(len(events))
             records = await pipeline.process([event.value for event in events], histories)
             # History first: once the changelog holds a record, a re-delivered event replays it, so a
             # label is never emitted without its replay copy (duplicates stay identical).
             await app.producer.flush()
             deliveries = [await outputs[r.topic].send(key=r.key, value=r.value) for r in records]
             await asyncio.gather(*deliveries)
+            health.batch_done(sum(r.topic == ev.LABELS_OUT for r in records),
+                              [r.reason for r in records if r.reason])
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs) -> None:
         mine = {tp for tp in assigned if tp.topic == settings.images_topic}
         log.warning("assigned %s partitions: %s", settings.images_topic, sorted(tp.partition for tp in mine))
+        health.assigned(sorted(tp.partition for tp in mine))
         app.add_future(rewind_uncommitted(app, mine))
 
-    return Worker(app, pipeline)
+    # Probes: readiness once the group was joined (model and database load before the app exists),
+    # liveness fails only when a batch is stuck, status for people.
+    @app.page("/ready")
+    async def ready(web, request):
+        return web.json({"ready": health.ready()}, status=200 if health.ready() else 503)
+
+    @app.page("/live")
+    async def live(web, request):
+        return web.json({"live": health.live()}, status=200 if health.live() else 503)
+
+    @app.page("/status")
+    async def status(web, request):
+        return web.json(health.status())
+
+    return Worker(app, pipeline, health)
 
 
 async def rewind_uncommitted(app: faust.App, partitions: set, timeout_s: float = 60.0) -> None:

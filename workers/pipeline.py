@@ -29,6 +29,7 @@ class Output:
     topic: str  # LABELS_OUT or DEAD_LETTER (the configured names are mapped by the app)
     key: bytes | None
     value: bytes
+    reason: str | None = None  # a dead letter's reason, for the worker's counters
 
 
 class DecodeError(Exception):
@@ -136,4 +137,4 @@ class Pipeline:
     def _dead(reason: str, detail: str, payload: bytes | None, event_id: str | None, stream_id: str | None) -> Output:
         letter = ev.DeadLetter(reason=reason, detail=detail, payload=payload or b"", event_id=event_id,
                                stream_id=stream_id)
-        return Output(ev.DEAD_LETTER, stream_id.encode() if stream_id else None, ev.encode_dead_letter(letter))
+        return Output(ev.DEAD_LETTER, stream_id.encode() if stream_id else None, ev.encode_dead_letter(letter), reason)

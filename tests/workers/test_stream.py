@@ -40,8 +40,9 @@ class WorkerProcess:
 
     def __init__(self, broker_url: str, log_dir: Path, env: dict[str, str] | None = None, name: str = "w"):
         self.log = log_dir / f"{name}.log"
+        self.web_port = free_port()
         full_env = {**os.environ, "CASED_BROKER": broker_url, "CASED_PARTITIONS": str(PARTITIONS),
-                    "CASED_WEB_PORT": str(free_port()), "CASED_BATCH_SIZE": "8", **(env or {})}
+                    "CASED_WEB_PORT": str(self.web_port), "CASED_BATCH_SIZE": "8", **(env or {})}
         with open(self.log, "w") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--loglevel", "warning"],
                                             env=full_env, stdout=log, stderr=subprocess.STDOUT)
@@ -276,3 +277,40 @@ def test_bench_stream_prints_and_writes_its_figures(tmp_path):
     assert figures == json.loads(out.read_text())
     assert figures["stream_images_per_s"] > 0 and figures["encode_images_per_s"] > 0
     assert 0 < figures["p50_ms"] <= figures["p99_ms"]
+
+
+def http_get(port: int, path: str) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_health_endpoints_report_readiness_liveness_and_counters(broker, workers):
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    worker = workers(broker.url)
+    deadline = time.monotonic() + 30
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            status, _ = http_get(worker.web_port, "/ready")
+        except OSError:
+            status = None  # the web server is not up yet
+        if status == 200:
+            break
+        time.sleep(0.3)
+    assert status == 200
+    send(broker.url, [image_event("cam", shape("star", 8), event_id="ok"),
+                      image_event("cam", b"not an image", event_id="bad")])
+    assert answered(collect(broker.url, 2)) == 2
+    assert http_get(worker.web_port, "/live") == (200, {"live": True})
+    code, summary = http_get(worker.web_port, "/status")
+    assert code == 200 and summary["ready"] and summary["partitions"] == list(range(PARTITIONS))
+    assert summary["counters"]["events_in"] == 2 and summary["counters"]["labels_out"] == 1
+    assert summary["dead_letters"] == {"not_an_image": 1}
+    assert summary["model"].startswith("tiny@") and summary["seconds_since_progress"] is not None

@@ -1,0 +1,55 @@
+"""What the worker's health endpoints report: readiness, liveness and a status summary."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class WorkerHealth:
+    model: str
+    database: str
+    stall_s: float = 300.0  # a batch in flight longer than this means the worker is stuck
+    clock: Callable[[], float] = time.monotonic
+    joined: bool = False  # the consumer joined its group (set on every assignment)
+    partitions: list[int] = field(default_factory=list)
+    busy_since: float | None = None  # when the batch in flight started; None when idle
+    last_progress: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    counters: Counter = field(default_factory=Counter)
+    dead_letters: Counter = field(default_factory=Counter)
+
+    def assigned(self, partitions: list[int]) -> None:
+        self.joined = True
+        self.partitions = partitions
+
+    def batch_started(self, events: int) -> None:
+        self.busy_since = self.clock()
+        self.counters["events_in"] += events
+        self.counters["batches"] += 1
+
+    def batch_done(self, labels: int, dead_letter_reasons: list[str]) -> None:
+        self.busy_since = None
+        self.last_progress = self.clock()
+        self.counters["labels_out"] += labels
+        self.dead_letters.update(dead_letter_reasons)
+
+    def ready(self) -> bool:
+        """Model and database are loaded when this object exists; ready once the group was joined."""
+        return self.joined
+
+    def live(self) -> bool:
+        """Fails only when a batch has been in flight for longer than `stall_s` (stuck, not idle)."""
+        return self.busy_since is None or self.clock() - self.busy_since < self.stall_s
+
+    def status(self) -> dict:
+        now = self.clock()
+        return {
+            "model": self.model, "database": self.database, "ready": self.ready(), "live": self.live(),
+            "partitions": self.partitions, "uptime_s": round(now - self.started, 1),
+            "seconds_since_progress": None if self.last_progress is None else round(now - self.last_progress, 1),
+            "batch_in_flight_s": None if self.busy_since is None else round(now - self.busy_since, 1),
+            "counters": dict(self.counters), "dead_letters": dict(self.dead_letters),
+        }
