@@ -1,8 +1,9 @@
 """`cased demo`: everything local, one command.
 
-Starts the embedded broker, one worker with the tiny model and database, publishes a simulated camera
-(tiny-world frames with scene changes and near-ties) and an upload stream of real photos shipped in
-packages, prints labels as they arrive (raw vs consistent) and shuts everything down.
+Starts the embedded broker, a local S3 endpoint (moto, real HTTP), one worker with the tiny model and
+database, publishes a simulated camera (tiny-world frames with scene changes and near-ties, stored
+in S3 and published as s3:// references) and an upload stream of real photos shipped in packages
+(inline frames), prints labels as they arrive (raw vs consistent) and shuts everything down.
 """
 from __future__ import annotations
 
@@ -78,15 +79,37 @@ def stop_worker(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
             process.wait()
 
 
+def local_s3(frames: list[bytes]):
+    """A moto S3 server on a free loopback port holding the camera frames; returns (server, env, uris)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "demo",
+           "AWS_SECRET_ACCESS_KEY": "demo", "AWS_DEFAULT_REGION": "us-east-1", "CASED_S3_BUCKETS": "camera-1"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="demo", aws_secret_access_key="demo")
+    client.create_bucket(Bucket="camera-1")
+    uris = []
+    for i, frame in enumerate(frames):
+        client.put_object(Bucket="camera-1", Key=f"frames/{i:04d}.jpg", Body=frame)
+        uris.append(f"s3://camera-1/frames/{i:04d}.jpg")
+    return server, env, uris
+
+
 def run_demo(frames: int = 12, timeout_s: float = 120.0) -> None:
     settings = Settings.from_env()
     with EmbeddedBroker() as broker:
         print(f"embedded broker on {broker.address}")
+        s3, s3_env, uris = local_s3([jpeg(f) for f in camera_frames(frames)])
+        print(f"local S3 endpoint on {s3_env['AWS_ENDPOINT_URL']} holding {len(uris)} camera frames")
         ensure_topics(broker.url, [settings.images_topic, settings.labels_topic, settings.dead_letter_topic],
                       settings.partitions)
-        worker = start_worker(settings, broker.url)
+        worker = start_worker(settings, broker.url, s3_env)
         try:
-            camera = [image_event("camera-1", jpeg(f), {"history": "live"}) for f in camera_frames(frames)]
+            camera = [image_event("camera-1", uri, {"history": "live"}) for uri in uris]
             uploads = [image_event("uploads", jpeg(photo), {"history": "upload", "name": name})
                        for name, photo in package_photos()]
             client = producer(broker.url)
@@ -116,3 +139,4 @@ def run_demo(frames: int = 12, timeout_s: float = 120.0) -> None:
                 raise RuntimeError(f"the worker answered {seen} of {expected} events in {timeout_s}s")
         finally:
             stop_worker(worker)
+            s3.stop()
