@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from cased_core.candidates import caption_terms
+from cased_core.digest import sha256_file
 from cased_core.lexicon import Lexicon
 
 FORMAT = "cased-db/1"
@@ -144,14 +145,6 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
 
 # ---------------------------------------------------------------- writing
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _Writer:
     """Appends captions, their embeddings and their terms to a database folder with bounded memory."""
 
@@ -209,7 +202,7 @@ class _Writer:
             "format": FORMAT, "model": model_identity, "dim": self.dim, "count": self.count,
             "terms": len(terms), "index": index_info, "source": source,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": {name: _sha256(self.out_dir / name) for name in FILES},
+            "files": {name: sha256_file(self.out_dir / name) for name in FILES},
         }
         (self.out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return self.out_dir
@@ -393,12 +386,12 @@ def _download_s3(uri: str, cache_dir: Path, s3_client=None) -> Path:
     manifest = json.loads(manifest_bytes)
     for name, checksum in manifest["files"].items():
         target = local / name
-        if target.is_file() and _sha256(target) == checksum:
+        if target.is_file() and sha256_file(target) == checksum:
             continue
         _say(f"downloading {uri}/{name}")
         partial = target.with_suffix(target.suffix + ".part")
         client.download_file(bucket, f"{prefix}/{name}", str(partial))
-        if _sha256(partial) != checksum:
+        if sha256_file(partial) != checksum:
             partial.unlink()
             raise DatabaseError(f"{uri}/{name} does not match its manifest checksum; the upload is corrupt or "
                                 f"incomplete, upload the database folder again")

@@ -1,7 +1,6 @@
 """Load any open_clip model through one function and encode images and texts in batches."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -9,6 +8,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+from cased_core.digest import sha256_file
 
 TINY_MODEL_DIR = Path(__file__).parent / "data" / "tiny-model"
 PRODUCTION_DEFAULT = ("ViT-L-14", "openai")  # the paper's model
@@ -61,14 +62,6 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
-
-
 def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str]:
     """Map a user's (name, pretrained) to open_clip's (model_name, pretrained) and an identity string."""
     if name == "tiny":
@@ -79,7 +72,7 @@ def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str]:
             raise ModelLoadError(f"model folder {path} has no open_clip_config.json; "
                                  "pass an open_clip architecture name (e.g. ViT-B-32) or a folder written by `cased tiny train`")
         weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + sorted(path.glob("*.pt*"))
-        digest = _file_digest(weights[0]) if weights else "random-init"
+        digest = sha256_file(weights[0])[:12] if weights else "random-init"
         label = "tiny" if path.resolve() == TINY_MODEL_DIR.resolve() else path.name
         return f"local-dir:{path}", None, f"{label}@{digest}"
     import open_clip
@@ -90,7 +83,7 @@ def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str]:
     if pretrained is None:
         return name, None, f"{name}@random-init"
     if Path(pretrained).is_file():
-        return name, pretrained, f"{name}@{_file_digest(Path(pretrained))}"
+        return name, pretrained, f"{name}@{sha256_file(pretrained)[:12]}"
     return name, pretrained, f"{name}/{pretrained}"
 
 
