@@ -121,7 +121,7 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None) -> Worke
         mine = {tp for tp in assigned if tp.topic == settings.images_topic}
         log.warning("assigned %s partitions: %s", settings.images_topic, sorted(tp.partition for tp in mine))
         health.assigned(sorted(tp.partition for tp in mine))
-        app.add_future(rewind_uncommitted(app, mine))
+        rewind_uncommitted_on_seek(app.consumer, settings.images_topic)
 
     # Probes: readiness once the group was joined (model and database load before the app exists),
     # liveness fails only when a batch is stuck, status for people.
@@ -140,27 +140,30 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None) -> Worke
     return Worker(app, pipeline, health)
 
 
-async def rewind_uncommitted(app: faust.App, partitions: set, timeout_s: float = 60.0) -> None:
-    """Read partitions that have no committed offset from their start.
+def rewind_uncommitted_on_seek(consumer, topic: str) -> None:
+    """Make partitions of `topic` that have no committed offset start from their earliest offset.
 
-    Faust drops records fetched while a rebalance has the flow stopped and afterwards seeks back only
-    to committed offsets; a partition without one keeps the advanced position and its first records
-    are lost (seen on the embedded broker when a second worker joins). Once the rebalance is over,
-    a partition with no committed offset and nothing read yet is sought to its earliest offset.
+    Faust drops records fetched while a rebalance has the flow stopped, then seeks back only to
+    committed offsets (`perform_seek`); a partition without one kept the advanced position and lost
+    its first records (seen on the embedded broker when a second worker joined). So `perform_seek`
+    is extended: after it, while the flow is still stopped, uncommitted partitions seek to their
+    start. Doing it later, from the event loop, raced records already in flight.
     """
-    consumer = app.consumer
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while app.rebalancing and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.1)
-    assigned = consumer.assignment()
-    todo = [tp for tp in partitions if tp in assigned and consumer._committed_offset.get(tp) is None
-            and consumer._read_offset.get(tp) is None]
-    if todo:
-        # seek_wait seeks in the consumer's own thread, as Faust's recovery does; seeking from the
-        # event loop raced the fetcher and crashed it.
-        await consumer.seek_wait(dict(await consumer.earliest_offsets(*todo)))
-        log.info("rewound %d uncommitted partitions to their start", len(todo))
+    if getattr(consumer, "_cased_rewinds", False):
+        return
+    original = consumer.perform_seek
 
+    async def perform_seek() -> None:
+        await original()
+        todo = [tp for tp in consumer.assignment()
+                if tp.topic == topic and consumer._committed_offset.get(tp) is None]
+        if todo:
+            # seek_wait runs in the consumer's own thread, as Faust's recovery does.
+            await consumer.seek_wait(dict(await consumer.earliest_offsets(*todo)))
+            log.info("%d uncommitted %s partitions start from their earliest offset", len(todo), topic)
+
+    consumer.perform_seek = perform_seek
+    consumer._cased_rewinds = True
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
