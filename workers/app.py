@@ -118,10 +118,15 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None) -> Worke
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs) -> None:
-        mine = {tp for tp in assigned if tp.topic == settings.images_topic}
-        log.warning("assigned %s partitions: %s", settings.images_topic, sorted(tp.partition for tp in mine))
-        health.assigned(sorted(tp.partition for tp in mine))
+        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.images_topic)
+        log.warning("assigned %s partitions: %s", settings.images_topic, mine)
+        health.assigned(mine)
         rewind_uncommitted_on_seek(app.consumer, settings.images_topic)
+
+    @app.on_before_shutdown.connect
+    async def release(sender, **kwargs) -> None:
+        # Sent after the consumer stopped: no batch can start any more.
+        await pipeline.close()
 
     # Probes: readiness once the group was joined (model and database load before the app exists),
     # liveness fails only when a batch is stuck, status for people.

@@ -65,7 +65,8 @@ class Pipeline:
         # One thread owns the model: torch runs there, never on the event loop.
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self.fetcher.close()
         self._decode_pool.shutdown(wait=True)
         self._inference.shutdown(wait=True)
 
