@@ -22,7 +22,7 @@ from PIL import Image
 
 from cased_core import scoring
 from cased_core.candidates import FALLBACK, extract_candidates, select_candidates
-from cased_core.database import Database, default_cache_dir
+from cased_core.database import Database, SearchHits, default_cache_dir
 from cased_core.lexicon import Lexicon, load_lexicon
 from cased_core.model import ClipModel
 
@@ -137,9 +137,18 @@ class Classifier:
                             extra_candidates: Sequence[Sequence[str]] | None = None) -> list[Prediction]:
         """Classify L2-normalised image embeddings. `extra_candidates[i]` joins image i's candidate set
         (a stream's earlier labels), as CaSED would treat any other candidate."""
+        return self.score(images, self.search(images), extra_candidates)
+
+    # The two steps of classify_embeddings, public so a caller can time them apart (the worker does).
+    def search(self, images: np.ndarray) -> SearchHits | None:
+        """The k nearest captions of each image; None in vocabulary mode, which retrieves nothing."""
+        return None if self.mode == "vocabulary" else self.database.search(images, self.config.k)
+
+    def score(self, images: np.ndarray, hits: SearchHits | None,
+              extra_candidates: Sequence[Sequence[str]] | None = None) -> list[Prediction]:
+        """Candidates from `hits` (see `search`), scored against each image."""
         if self.mode == "vocabulary":
             return self._vocabulary(images)
-        hits = self.database.search(images, self.config.k)
         extras = extra_candidates or [()] * len(images)
         if self.mode == "closest-caption":
             return [Prediction(self.database.caption(int(ids[0])), float(scores[0]), ())
