@@ -27,6 +27,7 @@ from workers.fetch import Fetcher, FetchLimits
 from workers.health import WorkerHealth
 from workers.pipeline import Pipeline
 from workers.settings import Settings
+from workers.telemetry import Received, Telemetry
 
 log = logging.getLogger("cased.worker")
 
@@ -82,8 +83,9 @@ def build_pipeline(settings: Settings) -> Pipeline:
                     max_pixels=settings.max_pixels)
 
 
-def create_worker(settings: Settings, pipeline: Pipeline | None = None) -> Worker:
+def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetry: Telemetry | None = None) -> Worker:
     pipeline = pipeline or build_pipeline(settings)
+    telemetry = telemetry or Telemetry.from_env()  # off unless OTEL_* variables ask for it
     app = faust.App(
         settings.app_id, broker=settings.broker, value_serializer="raw", key_serializer="raw",
         topic_partitions=settings.partitions, store="memory://",
@@ -107,12 +109,16 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None) -> Worke
     async def classify(stream):
         async for events in stream.take_events(settings.batch_size, within=settings.max_wait_s):
             health.batch_started(len(events))
-            records = await pipeline.process([event.value for event in events], histories)
+            trace = telemetry.batch([Received.from_faust(event) for event in events])
+            records = await pipeline.process([event.value for event in events], histories, trace)
             # History first: once the changelog holds a record, a re-delivered event replays it, so a
             # label is never emitted without its replay copy (duplicates stay identical).
             await app.producer.flush()
-            deliveries = [await outputs[r.topic].send(key=r.key, value=r.value) for r in records]
+            deliveries = [await outputs[r.topic].send(key=r.key, value=r.value,
+                                                      headers=trace.producing(i, outputs[r.topic].get_topic_name()))
+                          for i, r in enumerate(records)]
             await asyncio.gather(*deliveries)
+            trace.done(records)
             health.batch_done(sum(r.topic == ev.LABELS_OUT for r in records),
                               [r.reason for r in records if r.reason])
 
@@ -122,11 +128,13 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None) -> Worke
         log.warning("assigned %s partitions: %s", settings.images_topic, mine)
         health.assigned(mine)
         rewind_uncommitted_on_seek(app.consumer, settings.images_topic)
+        telemetry.observe_lag(app.consumer, settings.images_topic)
 
     @app.on_before_shutdown.connect
     async def release(sender, **kwargs) -> None:
         # Sent after the consumer stopped: no batch can start any more.
         await pipeline.close()
+        await asyncio.to_thread(telemetry.shutdown)  # flushes the exporters, off the event loop
 
     # Probes: readiness once the group was joined (model and database load before the app exists),
     # liveness fails only when a batch is stuck, status for people.

@@ -196,6 +196,7 @@ def cmd_worker(args) -> None:
 
 def cmd_publish(args) -> None:
     from workers.clients import ensure_topics, image_event, producer, publish
+    from workers.telemetry import Telemetry
 
     settings = _settings_from(args, args.settings)
     attrs = dict(pair.split("=", 1) for pair in args.attr or [])
@@ -210,11 +211,13 @@ def cmd_publish(args) -> None:
     events = [image_event(args.stream, source, attrs) for source in sources]
     ensure_topics(settings.broker, [settings.images_topic], settings.partitions)
     client = producer(settings.broker)
+    telemetry = Telemetry.from_env(service_name="cased-publisher")  # with OTEL_*: a trace per image
     try:
-        for event_id in publish(client, settings.images_topic, events):
+        for event_id in publish(client, settings.images_topic, events, telemetry):
             print(event_id)
     finally:
         client.close()
+        telemetry.shutdown()
 
 
 def format_record(topic: str, value: bytes, dead_letter_topic: str) -> str:

@@ -6,7 +6,10 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from opentelemetry.trace import use_span
+
 from topics import events as ev
+from workers.telemetry import OFF, Telemetry
 
 INLINE_LIMIT = 512 * 1024  # local files up to this size travel inline; larger ones need a shared uri
 
@@ -59,14 +62,19 @@ def image_event(stream_id: str, source: str | bytes | Path, attrs: dict | None =
                          ts=time.time(), attrs=attrs or {})
 
 
-def publish(client, topic: str, events: Iterable[ev.ImageEvent]) -> list[str]:
-    """Send events keyed by stream_id, in order; returns their event ids once all were acknowledged."""
-    futures, ids = [], []
+def publish(client, topic: str, events: Iterable[ev.ImageEvent], telemetry: Telemetry = OFF) -> list[str]:
+    """Send events keyed by stream_id, in order; returns their event ids once all were acknowledged.
+    Each record's headers carry its trace context (W3C traceparent): a `cased.publish` span of
+    `telemetry`'s, else the caller's current span, if any."""
+    sent, ids = [], []
     for event in events:
-        futures.append(client.send(topic, key=event.stream_id.encode(), value=ev.encode_image_event(event)))
+        span = telemetry.start_publish(topic, event)
+        sent.append((span, client.send(topic, key=event.stream_id.encode(), value=ev.encode_image_event(event),
+                                       headers=list(telemetry.headers(span)))))
         ids.append(event.event_id)
-    for future in futures:
-        future.get(timeout=30)
+    for span, future in sent:
+        with use_span(span, end_on_exit=True):  # ends when acknowledged; an error marks it
+            future.get(timeout=30)
     return ids
 
 
@@ -74,6 +82,13 @@ def read_records(broker: str, topics: list[str], idle_timeout_s: float | None = 
                  from_beginning: bool = True) -> Iterator[tuple[str, bytes | None, bytes]]:
     """(topic, key, value) from every partition of `topics`, without a consumer group; stops after
     `idle_timeout_s` without a record (None: follow forever)."""
+    for message in read_messages(broker, topics, idle_timeout_s, from_beginning):
+        yield message.topic, message.key, message.value
+
+
+def read_messages(broker: str, topics: list[str], idle_timeout_s: float | None = 5.0,
+                  from_beginning: bool = True) -> Iterator:
+    """As read_records, whole kafka-python ConsumerRecords (with headers, partition, offset)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap(broker),
@@ -92,7 +107,6 @@ def read_records(broker: str, topics: list[str], idle_timeout_s: float | None = 
         consumer.assign(partitions)
         if from_beginning:
             consumer.seek_to_beginning(*partitions)
-        for message in consumer:
-            yield message.topic, message.key, message.value
+        yield from consumer
     finally:
         consumer.close()

@@ -22,6 +22,7 @@ from cased_core.classifier import Classifier, Prediction
 from cased_core.lexicon import Lexicon
 from topics import events as ev
 from workers.fetch import FetchError, Fetcher
+from workers.telemetry import BatchTrace, untraced
 
 
 @dataclass(frozen=True)
@@ -70,24 +71,29 @@ class Pipeline:
         self._decode_pool.shutdown(wait=True)
         self._inference.shutdown(wait=True)
 
-    async def process(self, values: Sequence[bytes | None], histories: MutableMapping[str, dict]) -> list[Output]:
+    async def process(self, values: Sequence[bytes | None], histories: MutableMapping[str, dict],
+                      trace: BatchTrace | None = None) -> list[Output]:
         """Records for `values` (in order, one each). `histories` maps stream_id -> history state
-        (a Faust table in the worker); it is read and written in event order."""
+        (a Faust table in the worker); it is read and written in event order. `trace` gets the stages
+        (workers.telemetry)."""
+        trace = trace if trace is not None else untraced(len(values))
         loop = asyncio.get_running_loop()
         outputs: list[Output | None] = [None] * len(values)
         todo: list[tuple[int, ev.ImageEvent, bytes]] = []
         for i, value in enumerate(values):
             try:
-                event = ev.decode_image_event(value)
+                with trace.stage("consume", i):
+                    event = ev.decode_image_event(value)
             except ev.InvalidEvent as err:
                 outputs[i] = self._dead(ev.INVALID_EVENT, err.detail, value, err.event_id, err.stream_id)
                 continue
             stored = history.replayed(histories.get(event.stream_id), event.event_id)
+            trace.identify(i, event, replayed=stored is not None)
             if stored is not None:  # a re-delivered event: the very same record again
                 outputs[i] = Output(ev.LABELS_OUT, event.stream_id.encode(), ev.encode_label_event(ev.LabelEvent(**stored)))
             else:
                 todo.append((i, event, value))
-        pixels = await asyncio.gather(*(self._fetch_and_decode(loop, event, value) for _, event, value in todo))
+        pixels = await asyncio.gather(*(self._fetch_and_decode(loop, event, value, trace, i) for i, event, value in todo))
         ready = []
         for (i, event, _), item in zip(todo, pixels):
             if isinstance(item, Output):
@@ -97,20 +103,31 @@ class Pipeline:
         if ready:
             extras = [list(histories.get(event.stream_id, history.new_state())["names"]) for _, event, _ in ready]
             batch = torch.stack([p for _, _, p in ready])
-            predictions = await loop.run_in_executor(self._inference, self._classify, batch, extras)
+            predictions = await loop.run_in_executor(self._inference, self._classify, batch, extras, trace,
+                                                     [i for i, _, _ in ready])
             for (i, event, _), prediction in zip(ready, predictions):
-                outputs[i] = self._label(event, prediction, histories)
+                with trace.stage("history", i):
+                    outputs[i] = self._label(event, prediction, histories)
         return outputs  # type: ignore[return-value]
 
-    def _classify(self, batch: torch.Tensor, extras: list[list[str]]) -> list[Prediction]:
-        return self.classifier.classify_embeddings(self.classifier.model.encode_pixels(batch), extras)
+    def _classify(self, batch: torch.Tensor, extras: list[list[str]], trace: BatchTrace,
+                  members: list[int]) -> list[Prediction]:
+        # classify_embeddings in its two steps, so that search and scoring are timed apart
+        with trace.batch_stage("encode", members):
+            embeddings = self.classifier.model.encode_pixels(batch)
+        with trace.batch_stage("search", members):
+            hits = self.classifier.search(embeddings)
+        with trace.batch_stage("score", members):
+            return self.classifier.score(embeddings, hits, extras)
 
-    async def _fetch_and_decode(self, loop, event: ev.ImageEvent, value: bytes):
+    async def _fetch_and_decode(self, loop, event: ev.ImageEvent, value: bytes, trace: BatchTrace, i: int):
         try:
             async with self._fetch_slots:
-                data = await self.fetcher.fetch(event)
-            image = await loop.run_in_executor(self._decode_pool, decode_image, data, self.max_pixels)
-            return await loop.run_in_executor(self._decode_pool, self.classifier.model.preprocess, image)
+                with trace.stage("fetch", i):
+                    data = await self.fetcher.fetch(event)
+            with trace.stage("decode", i):
+                image = await loop.run_in_executor(self._decode_pool, decode_image, data, self.max_pixels)
+                return await loop.run_in_executor(self._decode_pool, self.classifier.model.preprocess, image)
         except (FetchError, DecodeError) as err:
             return self._dead(err.reason, err.detail, value, event.event_id, event.stream_id)
 
