@@ -1,8 +1,9 @@
 """The Faust app: an agent that reads images.in in batches and writes labels.out / images.dlq.
 
-Offsets: `take_events` acks a batch only after the loop body finishes, and the body finishes only
-after every record of the batch was delivered (the broker acknowledged it). The agent runs with
-concurrency 1 so no offset is committed past an event still in flight.
+Offsets: the worker commits images.in itself, never Faust's acks. Per partition it keeps a frontier,
+the next offset to answer (workers/offsets.py), advanced only after a batch's records were delivered
+(the broker acknowledged them); records Faust skipped are read back and answered in order before
+anything after them. The agent runs with concurrency 1 and a revocation waits for the batch in flight.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Iterator
 
 import faust
 import msgpack
+from faust.types import TP
 
 from cased_core.classifier import Classifier, ClassifierConfig
 from cased_core.database import load_database
@@ -22,12 +24,13 @@ from cased_core.history import HistoryPolicy
 from cased_core.lexicon import load_lexicon
 from cased_core.model import load_model
 from topics import events as ev
-from workers.clients import ensure_topics
+from workers.clients import bootstrap, ensure_topics
 from workers.fetch import Fetcher, FetchLimits
 from workers.health import WorkerHealth
 from workers.pipeline import Pipeline
 from workers.settings import Settings
-from workers.telemetry import Received, Telemetry
+from workers.offsets import Consumed, Frontier, read_range
+from workers.telemetry import Telemetry
 
 log = logging.getLogger("cased.worker")
 
@@ -91,11 +94,12 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
         topic_partitions=settings.partitions, store="memory://",
         # Joins the group in seconds instead of 30 s (measured against the embedded broker).
         broker_rebalance_timeout=5.0, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
-        broker_commit_every=settings.batch_size, broker_commit_interval=1.0,
         web_port=settings.web_port, web_bind="0.0.0.0", web_in_thread=False,
         producer_acks=-1,
     )
-    images = app.topic(settings.images_topic, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    # acks=False: Faust neither tracks nor commits images.in offsets; `answer` commits the frontier.
+    images = app.topic(settings.images_topic, key_type=bytes, value_type=bytes, partitions=settings.partitions,
+                       acks=False)
     outputs = {ev.LABELS_OUT: app.topic(settings.labels_topic, key_type=bytes, value_type=bytes,
                                         partitions=settings.partitions),
                ev.DEAD_LETTER: app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes,
@@ -104,30 +108,85 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
                       value_type=bytes, use_partitioner=True)  # raw bytes: the app's serializers
     histories = StreamHistories(table)
     health = WorkerHealth(pipeline.classifier.model.identity, pipeline.database_name)
+    frontier = Frontier()
+    answering = asyncio.Lock()  # one batch at a time: the agent, read-backs and revocations take turns
+
+    async def answer(consumed: list[Consumed]) -> None:
+        """Process records (each partition's in offset order), deliver their records, commit."""
+        if not consumed:
+            return
+        health.batch_started(len(consumed))
+        trace = telemetry.batch(consumed)
+        records = await pipeline.process([c.value for c in consumed], histories, trace)
+        # History first: once the changelog holds a record, a re-delivered event replays it, so a
+        # label is never emitted without its replay copy (duplicates stay identical).
+        await app.producer.flush()
+        deliveries = [await outputs[r.topic].send(key=r.key, value=r.value,
+                                                  headers=trace.producing(i, outputs[r.topic].get_topic_name()))
+                      for i, r in enumerate(records)]
+        await asyncio.gather(*deliveries)
+        trace.done(records)
+        health.batch_done(sum(r.topic == ev.LABELS_OUT for r in records), [r.reason for r in records if r.reason])
+        frontier.advance([(c.partition, c.offset) for c in consumed])
+        advanced = {c.partition for c in consumed}
+        # Faust's own commit path (producer flush, commit, table bookkeeping) minus its ack tracking.
+        await app.consumer._commit_offsets({TP(settings.images_topic, p): offset
+                                            for p, offset in frontier.offsets().items() if p in advanced})
+
+    async def read_back(gaps) -> list[Consumed]:
+        found = []
+        for gap in gaps:
+            records = await read_range(bootstrap(settings.broker), settings.images_topic, gap)
+            log.warning("read back %d of the records at %s partition %d offsets %d..%d that Faust skipped",
+                        len(records), settings.images_topic, gap.partition, gap.start, gap.stop - 1)
+            health.counters["read_back"] += len(records)
+            found += records
+        return found
 
     @app.agent(images, concurrency=1)
     async def classify(stream):
         async for events in stream.take_events(settings.batch_size, within=settings.max_wait_s):
-            health.batch_started(len(events))
-            trace = telemetry.batch([Received.from_faust(event) for event in events])
-            records = await pipeline.process([event.value for event in events], histories, trace)
-            # History first: once the changelog holds a record, a re-delivered event replays it, so a
-            # label is never emitted without its replay copy (duplicates stay identical).
-            await app.producer.flush()
-            deliveries = [await outputs[r.topic].send(key=r.key, value=r.value,
-                                                      headers=trace.producing(i, outputs[r.topic].get_topic_name()))
-                          for i, r in enumerate(records)]
-            await asyncio.gather(*deliveries)
-            trace.done(records)
-            health.batch_done(sum(r.topic == ev.LABELS_OUT for r in records),
-                              [r.reason for r in records if r.reason])
+            delivered = [Consumed.from_faust(event) for event in events]
+            async with answering:
+                plan = frontier.plan([(c.partition, c.offset) for c in delivered])
+                batch = await read_back(plan.gaps) + [delivered[i] for i in plan.take]
+                await answer(sorted(batch, key=lambda c: (c.partition, c.offset)))
+
+    stalled: set = set()  # (partition, frontier) with fetched records waiting, seen at the last tick
+    probed: set = set()  # gaps the broker had nothing for, not probed again while they stay the same
+
+    @app.timer(1.0)
+    async def answer_skipped_tails() -> None:
+        # A skipped record with nothing after it never shows up in a batch: only the consumer's fetch
+        # position runs ahead of the frontier. A frontier that did not move for two idle ticks while
+        # fetched records wait rules out records still on their way through Faust's buffers.
+        if answering.locked() or app.rebalancing:
+            stalled.clear()
+            return
+        fetched = await fetch_positions(app.consumer, settings.images_topic)
+        async with answering:
+            gaps = [gap for gap in frontier.behind(fetched) if gap not in probed]
+            confirmed = [gap for gap in gaps if (gap.partition, gap.start) in stalled]
+            stalled.clear()
+            stalled.update((gap.partition, gap.start) for gap in gaps if gap not in confirmed)
+            if confirmed:
+                found = await read_back(confirmed)
+                await answer(sorted(found, key=lambda c: (c.partition, c.offset)))
+                probed.update(gap for gap in confirmed if not any(c.partition == gap.partition for c in found))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        # Sent while the flow is stopped: let the batch in flight finish and commit before the
+        # partitions move, so that no other worker answers its events too.
+        async with answering:
+            pass
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == settings.images_topic)
         log.warning("assigned %s partitions: %s", settings.images_topic, mine)
         health.assigned(mine)
-        rewind_uncommitted_on_seek(app.consumer, settings.images_topic)
+        track_seeks(app.consumer, settings.images_topic, frontier)
         telemetry.observe_lag(app.consumer, settings.images_topic)
 
     @app.on_before_shutdown.connect
@@ -153,30 +212,46 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
     return Worker(app, pipeline, health)
 
 
-def rewind_uncommitted_on_seek(consumer, topic: str) -> None:
-    """Make partitions of `topic` that have no committed offset start from their earliest offset.
+def track_seeks(consumer, topic: str, frontier: Frontier) -> None:
+    """After each of Faust's seeks to committed offsets, start `frontier` from them, and partitions of
+    `topic` with no committed offset from their earliest offset (seeking them there).
 
-    Faust drops records fetched while a rebalance has the flow stopped, then seeks back only to
-    committed offsets (`perform_seek`); a partition without one kept the advanced position and lost
-    its first records (seen on the embedded broker when a second worker joined). So `perform_seek`
-    is extended: after it, while the flow is still stopped, uncommitted partitions seek to their
-    start. Doing it later, from the event loop, raced records already in flight.
+    Faust seeks back to committed offsets (`perform_seek`) on every assignment, with the flow stopped;
+    a partition without one kept its advanced position, so it is sought to its start here, in the
+    same step (seeking later, from the event loop, raced records already in flight).
     """
-    if getattr(consumer, "_cased_rewinds", False):
+    if getattr(consumer, "_cased_tracks_seeks", False):
         return
     original = consumer.perform_seek
 
     async def perform_seek() -> None:
         await original()
-        todo = [tp for tp in consumer.assignment()
-                if tp.topic == topic and consumer._committed_offset.get(tp) is None]
+        mine = [tp for tp in consumer.assignment() if tp.topic == topic]
+        start = {tp: consumer._committed_offset.get(tp) for tp in mine}
+        todo = [tp for tp, offset in start.items() if offset is None]
         if todo:
+            earliest = dict(await consumer.earliest_offsets(*todo))
             # seek_wait runs in the consumer's own thread, as Faust's recovery does.
-            await consumer.seek_wait(dict(await consumer.earliest_offsets(*todo)))
-            log.info("%d uncommitted %s partitions start from their earliest offset", len(todo), topic)
+            await consumer.seek_wait(earliest)
+            start.update(earliest)
+        frontier.reset({tp.partition: offset for tp, offset in start.items()})
 
     consumer.perform_seek = perform_seek
-    consumer._cased_rewinds = True
+    consumer._cased_tracks_seeks = True
+
+
+async def fetch_positions(consumer, topic: str) -> dict[int, int]:
+    """The next offset the Faust consumer's aiokafka client will fetch, per assigned partition of
+    `topic` (asked in the consumer's own thread, where aiokafka runs)."""
+    client = consumer._thread._ensure_consumer()
+    mine = [tp for tp in client.assignment() if tp.topic == topic]
+
+    async def positions() -> list:
+        return await asyncio.gather(*(asyncio.wait_for(client.position(tp), 5) for tp in mine),
+                                    return_exceptions=True)  # e.g. a partition revoked meanwhile
+
+    return {tp.partition: p for tp, p in zip(mine, await consumer._thread.call_thread(positions))
+            if isinstance(p, int)}
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from opentelemetry import propagate, trace
@@ -25,6 +25,7 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
 
 from topics import events as ev
+from workers.offsets import Consumed
 
 log = logging.getLogger("cased.telemetry")
 
@@ -65,21 +66,6 @@ class _KafkaHeaders(Getter, Setter):
 
 
 KAFKA_HEADERS = _KafkaHeaders()
-
-
-@dataclass(frozen=True)
-class Received:
-    """What telemetry reads from one consumed record."""
-    headers: Mapping[str, bytes] = field(default_factory=dict)
-    topic: str | None = None
-    partition: int | None = None
-    offset: int | None = None
-    key: bytes | None = None  # the stream_id
-
-    @classmethod
-    def from_faust(cls, event) -> "Received":
-        message = event.message
-        return cls(dict(event.headers or {}), message.topic, message.partition, message.offset, event.key)
 
 
 def exported_signals(environ: Mapping[str, str]) -> frozenset[str]:
@@ -164,7 +150,7 @@ class Telemetry:
         log.info("telemetry on: exporting %s over OTLP/HTTP", " and ".join(sorted(signals)))
         return cls(tracer_provider, meter_provider)
 
-    def batch(self, received: Sequence[Received]) -> "BatchTrace":
+    def batch(self, received: Sequence[Consumed]) -> "BatchTrace":
         """Start one event span per record (counted in events.in and in_flight)."""
         return BatchTrace(self, received)
 
@@ -218,7 +204,7 @@ OFF = Telemetry()
 
 
 def untraced(events: int) -> "BatchTrace":
-    return OFF.batch([Received()] * events)
+    return OFF.batch([Consumed()] * events)
 
 
 def _messaging(topic: str | None, operation: str) -> dict[str, Any]:
@@ -231,7 +217,7 @@ class BatchTrace:
     record headers), per-event stage spans under it, batch-wide stage spans linked to the event spans
     they served, and a PRODUCER span per output record, whose context the output's headers carry."""
 
-    def __init__(self, telemetry: Telemetry, received: Sequence[Received]):
+    def __init__(self, telemetry: Telemetry, received: Sequence[Consumed]):
         self.telemetry = telemetry
         self.size = len(received)
         self.contexts: list[Context] = []  # per event: the producer's context with the event span in it
@@ -249,7 +235,7 @@ class BatchTrace:
         return propagate.extract(headers, getter=KAFKA_HEADERS)
 
     @_guarded(fallback=trace.INVALID_SPAN)
-    def _start_event(self, record: Received, parent: Context) -> Span:
+    def _start_event(self, record: Consumed, parent: Context) -> Span:
         attributes = _messaging(record.topic, "process")
         if record.partition is not None:
             attributes["messaging.destination.partition.id"] = str(record.partition)

@@ -26,7 +26,8 @@ from workers.broker import free_port
 from workers.clients import ensure_topics, image_event, producer, publish, read_messages
 from workers.fetch import Fetcher, FetchLimits
 from workers.pipeline import Pipeline
-from workers.telemetry import Received, Telemetry, exported_signals
+from workers.offsets import Consumed
+from workers.telemetry import Telemetry, exported_signals
 from tests.workers.test_stream import PARTITIONS, TOPICS, shape, workers  # noqa: F401 (a fixture)
 
 STAGES = ("consume", "fetch", "decode", "encode", "search", "score", "history", "produce")
@@ -66,12 +67,12 @@ def pipeline(tiny_model, tiny_database, lexicon):
                     tiny_database.name)
 
 
-def published(recorded: Recorded, events: list[ev.ImageEvent]) -> list[Received]:
+def published(recorded: Recorded, events: list[ev.ImageEvent]) -> list[Consumed]:
     """Records as the worker would receive them from `publish`: a producer span's context in the headers."""
     received = []
     for offset, event in enumerate(events):
         span = recorded.telemetry.start_publish("images.in", event)
-        received.append(Received(dict(recorded.telemetry.headers(span)), "images.in", 0, offset, b"cam"))
+        received.append(Consumed("images.in", 0, offset, b"cam", headers=dict(recorded.telemetry.headers(span))))
         span.end()
     return received
 
