@@ -28,6 +28,7 @@ from workers.clients import bootstrap, ensure_topics
 from workers.fetch import Fetcher, FetchLimits
 from workers.health import WorkerHealth
 from workers.pipeline import Pipeline
+from workers.security import faust_credentials, kafka_python_options
 from workers.settings import Settings
 from workers.offsets import Consumed, Frontier, read_range
 from workers.telemetry import Telemetry
@@ -96,6 +97,7 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
         broker_rebalance_timeout=5.0, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
         web_port=settings.web_port, web_bind="0.0.0.0", web_in_thread=False,
         producer_acks=-1,
+        broker_credentials=faust_credentials(settings),  # CASED_KAFKA_*: SASL/TLS, None for PLAINTEXT
     )
     # acks=False: Faust neither tracks nor commits images.in offsets; `answer` commits the frontier.
     images = app.topic(settings.images_topic, key_type=bytes, value_type=bytes, partitions=settings.partitions,
@@ -260,5 +262,5 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # Created here, idempotently, rather than by Faust's declare, whose CreateTopics on an existing
     # topic lost records on the embedded broker.
     ensure_topics(settings.broker, [settings.images_topic, settings.labels_topic, settings.dead_letter_topic],
-                  settings.partitions)
+                  settings.partitions, **kafka_python_options(settings))
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

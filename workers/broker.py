@@ -29,11 +29,16 @@ def broker_binary() -> str:
 
 @dataclass
 class EmbeddedBroker:
-    """A Tansu broker on a free loopback port with in-memory storage; a context manager."""
+    """A Tansu broker on a free loopback port with in-memory storage; a context manager.
+
+    `advertised_port` makes it tell clients (in metadata) to connect elsewhere, e.g. to a TLS proxy in
+    front of it; `extra_args` go to `tansu broker` as they are (e.g. `--authentication`)."""
 
     port: int = 0
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    advertised_port: int = 0
+    extra_args: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -46,11 +51,12 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 20.0) -> "EmbeddedBroker":
         self.port = self.port or free_port()
         listener = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)
         self.log_path = Path(log.name)
         self.process = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-             "--storage-engine", "memory://tansu/"],
+            [broker_binary(), "broker", "--listener-url", listener, "--advertised-listener-url", advertised,
+             "--storage-engine", "memory://tansu/", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -190,15 +190,20 @@ def _settings_from(args, settings: Settings) -> Settings:
 
 def cmd_worker(args) -> None:
     from workers.app import run_worker
+    from workers.security import kafka_security
 
-    run_worker(_settings_from(args, args.settings), loglevel=args.loglevel)
+    settings = _settings_from(args, args.settings)
+    kafka_security(settings).ssl_context()  # a Kafka misconfiguration fails now, not after the model loaded
+    run_worker(settings, loglevel=args.loglevel)
 
 
 def cmd_publish(args) -> None:
     from workers.clients import ensure_topics, image_event, producer, publish
+    from workers.security import kafka_python_options
     from workers.telemetry import Telemetry
 
     settings = _settings_from(args, args.settings)
+    kafka = kafka_python_options(settings)
     attrs = dict(pair.split("=", 1) for pair in args.attr or [])
     if args.history:
         attrs["history"] = args.history
@@ -209,8 +214,8 @@ def cmd_publish(args) -> None:
         else:
             sources.extend(_image_paths([item]))
     events = [image_event(args.stream, source, attrs) for source in sources]
-    ensure_topics(settings.broker, [settings.images_topic], settings.partitions)
-    client = producer(settings.broker)
+    ensure_topics(settings.broker, [settings.images_topic], settings.partitions, **kafka)
+    client = producer(settings.broker, **kafka)
     telemetry = Telemetry.from_env(service_name="cased-publisher")  # with OTEL_*: a trace per image
     try:
         for event_id in publish(client, settings.images_topic, events, telemetry):
@@ -233,10 +238,12 @@ def format_record(topic: str, value: bytes, dead_letter_topic: str) -> str:
 
 def cmd_labels(args) -> None:
     from workers.clients import read_records
+    from workers.security import kafka_python_options
 
     settings = _settings_from(args, args.settings)
     topics = [settings.labels_topic] + ([settings.dead_letter_topic] if args.dead_letters else [])
-    for topic, _, value in read_records(settings.broker, topics, None if args.follow else args.idle):
+    for topic, _, value in read_records(settings.broker, topics, None if args.follow else args.idle,
+                                        **kafka_python_options(settings)):
         if args.json:
             import msgpack
 
@@ -256,6 +263,17 @@ def _broker_args(parser: argparse.ArgumentParser, settings: Settings) -> None:
     parser.add_argument("--images-topic", help=f"[env CASED_IMAGES_TOPIC, now {settings.images_topic}]")
     parser.add_argument("--labels-topic", help=f"[env CASED_LABELS_TOPIC, now {settings.labels_topic}]")
     parser.add_argument("--dead-letter-topic", help=f"[env CASED_DEAD_LETTER_TOPIC, now {settings.dead_letter_topic}]")
+    # No flags for the SASL username and password: command lines leak (ps, shell history, pod specs).
+    parser.add_argument("--kafka-security-protocol", metavar="PROTOCOL",
+                        help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL "
+                        f"[env CASED_KAFKA_SECURITY_PROTOCOL, now {settings.kafka_security_protocol}]")
+    parser.add_argument("--kafka-sasl-mechanism", metavar="MECHANISM",
+                        help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; the credentials come from "
+                        "CASED_KAFKA_SASL_USERNAME and CASED_KAFKA_SASL_PASSWORD only "
+                        f"[env CASED_KAFKA_SASL_MECHANISM, now {settings.kafka_sasl_mechanism}]")
+    parser.add_argument("--kafka-ca-file", metavar="PEM",
+                        help="CA bundle the brokers' certificates are checked against (SSL, SASL_SSL); "
+                        "default: the system CAs [env CASED_KAFKA_CA_FILE]")
 
 
 def _bench_parser(bench, name: str, description: str) -> argparse.ArgumentParser:
@@ -387,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.settings = settings
     try:
         args.func(args)
-    except (CliError, DatabaseError, ModelLoadError, FileNotFoundError, ValueError) as err:
+    except (CliError, DatabaseError, ModelLoadError, FileNotFoundError, ValueError, ConnectionError) as err:
         print(f"cased: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,6 +1,10 @@
-"""Plain Kafka clients for the CLI, the demo and the tests: create topics, publish images, read records."""
+"""Plain Kafka clients for the CLI, the demo and the tests: create topics, publish images, read records.
+
+Each function takes `**kafka_options`, extra kafka-python keyword arguments: the security settings from
+`workers.security.kafka_python_options(settings)` (none for PLAINTEXT)."""
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 from pathlib import Path
@@ -19,12 +23,31 @@ def bootstrap(broker: str) -> list[str]:
     return [part.removeprefix("kafka://").strip() for part in broker.split(",") if part.strip()]
 
 
-def ensure_topics(broker: str, names: Iterable[str], partitions: int) -> None:
+def connect(client_class, broker: str, kafka_options: dict, **config):
+    """A kafka-python client for `broker`; brokers it cannot reach or trust are a ConnectionError that
+    says what to check, rather than kafka-python's NoBrokersAvailable or a bare SSL error."""
+    from kafka.errors import KafkaConnectionError, NoBrokersAvailable
+
+    protocol = kafka_options.get("security_protocol", "PLAINTEXT")
+    try:
+        return client_class(bootstrap_servers=bootstrap(broker), **config, **kafka_options)
+    except ssl.SSLError as err:
+        raise ConnectionError(f"TLS with the Kafka brokers at {broker} failed ({err}): check CASED_KAFKA_CA_FILE "
+                              "(the CA that signed the brokers' certificates) and that the broker address is "
+                              "a name in their certificates") from err
+    except (NoBrokersAvailable, KafkaConnectionError) as err:
+        raise ConnectionError(f"no Kafka broker answered at {broker} over {protocol} ({err}): check the address "
+                              "(--broker, CASED_BROKER) and CASED_KAFKA_SECURITY_PROTOCOL (SSL or SASL_SSL for a TLS "
+                              "listener)" + (", CASED_KAFKA_SASL_MECHANISM and the credentials"
+                                             if protocol.startswith("SASL_") else "")) from err
+
+
+def ensure_topics(broker: str, names: Iterable[str], partitions: int, **kafka_options) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap(broker), client_id="cased-admin")
+    admin = connect(KafkaAdminClient, broker, kafka_options, client_id="cased-admin")
     try:
         # One at a time, tolerating existing ones: listing topics first trips kafka-python on some
         # brokers' metadata (Tansu's authorised-operations field), and creation is idempotent anyway.
@@ -37,10 +60,10 @@ def ensure_topics(broker: str, names: Iterable[str], partitions: int) -> None:
         admin.close()
 
 
-def producer(broker: str):
+def producer(broker: str, **kafka_options):
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=bootstrap(broker), acks="all", linger_ms=5)
+    return connect(KafkaProducer, broker, kafka_options, acks="all", linger_ms=5)
 
 
 def image_event(stream_id: str, source: str | bytes | Path, attrs: dict | None = None,
@@ -79,22 +102,22 @@ def publish(client, topic: str, events: Iterable[ev.ImageEvent], telemetry: Tele
 
 
 def read_records(broker: str, topics: list[str], idle_timeout_s: float | None = 5.0,
-                 from_beginning: bool = True) -> Iterator[tuple[str, bytes | None, bytes]]:
+                 from_beginning: bool = True, **kafka_options) -> Iterator[tuple[str, bytes | None, bytes]]:
     """(topic, key, value) from every partition of `topics`, without a consumer group; stops after
     `idle_timeout_s` without a record (None: follow forever)."""
-    for message in read_messages(broker, topics, idle_timeout_s, from_beginning):
+    for message in read_messages(broker, topics, idle_timeout_s, from_beginning, **kafka_options):
         yield message.topic, message.key, message.value
 
 
 def read_messages(broker: str, topics: list[str], idle_timeout_s: float | None = 5.0,
-                  from_beginning: bool = True) -> Iterator:
+                  from_beginning: bool = True, **kafka_options) -> Iterator:
     """As read_records, whole kafka-python ConsumerRecords (with headers, partition, offset)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap(broker),
-                             consumer_timeout_ms=int(idle_timeout_s * 1000) if idle_timeout_s else float("inf"),
-                             enable_auto_commit=False,
-                             fetch_max_wait_ms=20)  # a reader measures latency: don't let the broker hold fetches
+    consumer = connect(KafkaConsumer, broker, kafka_options,
+                       consumer_timeout_ms=int(idle_timeout_s * 1000) if idle_timeout_s else float("inf"),
+                       enable_auto_commit=False,
+                       fetch_max_wait_ms=20)  # a reader measures latency: don't let the broker hold fetches
     try:
         partitions = []
         deadline = time.monotonic() + 10

@@ -1,6 +1,7 @@
 """One settings object, read from environment variables; CLI flags override it."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, fields
 
@@ -35,6 +36,14 @@ class Settings:
     file_root: str = ""  # folder file:// sources may read from; empty: none
     allow_private_hosts: int = 0  # 1: let http(s) reach loopback/private addresses (tests, on-prem)
     web_port: int = 6066  # health and status endpoint
+    # Kafka security: workers/security.py checks these and maps them onto every Kafka client.
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512; used by SASL_* only
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = dataclasses.field(default=None, repr=False)  # environment only, never logged
+    kafka_ca_file: str | None = None  # PEM CA bundle for SSL / SASL_SSL; unset: the system CAs
+    kafka_cert_file: str | None = None  # PEM client certificate for mutual TLS (may hold the key too)
+    kafka_key_file: str | None = None  # the client certificate's private key, when in its own file
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":

@@ -261,3 +261,58 @@ def test_invalid_values_fail_with_a_clear_message(values, message):
     with pytest.raises(helm.HelmError) as err:
         render(values)
     assert message in str(err.value)
+
+
+EXAMPLE = CHART / "examples" / "gpu-kafka-s3.yaml"
+README = CHART.parents[1] / "README.md"
+
+
+def test_the_documented_gpu_kafka_s3_example_renders():
+    """README "Deploying on Kubernetes" shows this file verbatim; it lints and renders as documented."""
+    text = EXAMPLE.read_text()
+    assert text.strip() in README.read_text(), "README and examples/gpu-kafka-s3.yaml differ"
+    values = yaml.safe_load(text)
+    assert helm.lint(CHART, values)["errors"] == []
+    rendered = render(values)
+    docs = manifests(rendered)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = worker(docs)
+    data = one(docs, "ConfigMap")["data"]
+
+    # GPU: the limit, the node selection and CUDA in the worker.
+    assert str(c["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert data["CASED_DEVICE"] == "cuda"
+
+    # Kafka: SASL_SSL with SCRAM, the credentials and the CA from Secrets.
+    env = env_refs(c)
+    assert (data["CASED_KAFKA_SECURITY_PROTOCOL"], data["CASED_KAFKA_SASL_MECHANISM"]) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert env["CASED_KAFKA_SASL_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "kafka-cased", "key": "username"}
+    assert env["CASED_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "kafka-cased", "key": "password"}
+    ca = next(v for v in pod["volumes"] if v["name"] == "kafka-ca")["secret"]
+    assert ca == {"secretName": "kafka-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert data["CASED_KAFKA_CA_FILE"].endswith("/ca.crt")
+    assert data["CASED_BROKER"] == "kafka://kafka-0.kafka.svc:9093,kafka-1.kafka.svc:9093,kafka-2.kafka.svc:9093"
+
+    # S3: endpoint, allowed buckets, keys from a Secret; model, database, shared cache.
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-cased",
+                                                                          "key": "AWS_SECRET_ACCESS_KEY"}
+    assert data["AWS_ENDPOINT_URL"] == "https://s3.eu-west-1.amazonaws.com"
+    assert data["CASED_S3_BUCKETS"] == "camera-frames,uploads"
+    assert (data["CASED_MODEL"], data["CASED_PRETRAINED"]) == ("ViT-L-14", "openai")
+    assert data["CASED_DATABASE"].startswith("s3://")
+    assert next(v for v in pod["volumes"] if v["name"] == "cache") == {
+        "name": "cache", "persistentVolumeClaim": {"claimName": "cased-cache"}}
+
+    # No secret value anywhere: only references, no Secret object, no secret-like ConfigMap key.
+    assert all("value" not in e for e in env.values())
+    assert "Secret" not in kinds(docs)
+    assert not [k for k in data if any(word in k for word in ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY"))]
+
+    # KEDA scales on the lag of the group the workers join, within the partition count; OTLP over HTTP.
+    (trigger,) = one(docs, "ScaledObject")["spec"]["triggers"]
+    assert trigger["metadata"]["consumerGroup"] == data["CASED_APP_ID"]
+    assert one(docs, "ScaledObject")["spec"]["maxReplicaCount"] <= int(data["CASED_PARTITIONS"])
+    assert {r["parameter"] for r in one(docs, "TriggerAuthentication")["spec"]["secretTargetRef"]} == {
+        "username", "password", "ca"}
+    assert data["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
