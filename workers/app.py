@@ -10,28 +10,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import MutableMapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import faust
 import msgpack
 from faust.types import TP
 
-from cased_core.classifier import Classifier, ClassifierConfig
-from cased_core.database import load_database
-from cased_core.history import HistoryPolicy
-from cased_core.lexicon import load_lexicon
-from cased_core.model import load_model
 from topics import events as ev
 from workers.clients import bootstrap, ensure_topics
 from workers.fetch import Fetcher, FetchLimits
 from workers.health import WorkerHealth
-from workers.pipeline import Pipeline
-from workers.security import faust_credentials, kafka_python_options
-from workers.settings import Settings
 from workers.offsets import Consumed, Frontier, read_range
+from workers.security import aiokafka_options, faust_credentials, kafka_python_options
+from workers.settings import Settings
 from workers.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from workers.pipeline import Pipeline
 
 log = logging.getLogger("cased.worker")
 
@@ -63,7 +61,7 @@ class StreamHistories(MutableMapping):
 @dataclass
 class Worker:
     app: faust.App
-    pipeline: Pipeline
+    pipeline: Future  # of the Pipeline: the model and database load while the consumer joins its group
     health: WorkerHealth
 
 
@@ -77,6 +75,14 @@ def fetch_limits(settings: Settings) -> FetchLimits:
 
 def build_pipeline(settings: Settings) -> Pipeline:
     """Load the model and database (the slow part of start-up) and wire the batch pipeline."""
+    # Imported here, in the loading thread: torch and open_clip take seconds to import.
+    from cased_core.classifier import Classifier, ClassifierConfig
+    from cased_core.database import load_database
+    from cased_core.history import HistoryPolicy
+    from cased_core.lexicon import load_lexicon
+    from cased_core.model import load_model
+    from workers.pipeline import Pipeline
+
     model = load_model(settings.model, settings.pretrained, settings.device)
     database = load_database(settings.database, model.identity, settings.cache_dir)
     classifier = Classifier(model, database, config=ClassifierConfig(k=settings.k, alpha=settings.alpha,
@@ -88,7 +94,15 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
 
 def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetry: Telemetry | None = None) -> Worker:
-    pipeline = pipeline or build_pipeline(settings)
+    # Loading the model takes seconds (mostly imports) and joining the group waits on the broker:
+    # both at once shorten start-up. The first batch waits for the pipeline.
+    if pipeline is None:
+        loader = ThreadPoolExecutor(1, thread_name_prefix="load")
+        loading = loader.submit(build_pipeline, settings)
+        loader.shutdown(wait=False)
+    else:
+        loading = Future()
+        loading.set_result(pipeline)
     telemetry = telemetry or Telemetry.from_env()  # off unless OTEL_* variables ask for it
     app = faust.App(
         settings.app_id, broker=settings.broker, value_serializer="raw", key_serializer="raw",
@@ -109,7 +123,7 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
     table = app.Table("stream-history", default=None, partitions=settings.partitions, key_type=bytes,
                       value_type=bytes, use_partitioner=True)  # raw bytes: the app's serializers
     histories = StreamHistories(table)
-    health = WorkerHealth(pipeline.classifier.model.identity, pipeline.database_name)
+    health = WorkerHealth()
     frontier = Frontier()
     answering = asyncio.Lock()  # one batch at a time: the agent, read-backs and revocations take turns
 
@@ -119,7 +133,7 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
             return
         health.batch_started(len(consumed))
         trace = telemetry.batch(consumed)
-        records = await pipeline.process([c.value for c in consumed], histories, trace)
+        records = await (await asyncio.wrap_future(loading)).process([c.value for c in consumed], histories, trace)
         # History first: once the changelog holds a record, a re-delivered event replays it, so a
         # label is never emitted without its replay copy (duplicates stay identical).
         await app.producer.flush()
@@ -138,7 +152,8 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
     async def read_back(gaps) -> list[Consumed]:
         found = []
         for gap in gaps:
-            records = await read_range(bootstrap(settings.broker), settings.images_topic, gap)
+            records = await read_range(bootstrap(settings.broker), settings.images_topic, gap,
+                                       client_options=aiokafka_options(settings))
             log.warning("read back %d of the records at %s partition %d offsets %d..%d that Faust skipped",
                         len(records), settings.images_topic, gap.partition, gap.start, gap.stop - 1)
             health.counters["read_back"] += len(records)
@@ -191,10 +206,21 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
         track_seeks(app.consumer, settings.images_topic, frontier)
         telemetry.observe_lag(app.consumer, settings.images_topic)
 
+    @app.task
+    async def load() -> None:
+        try:
+            pipeline = await asyncio.wrap_future(loading)
+        except Exception as err:  # a model or database that cannot load: nothing to do but stop
+            log.error("cannot load the model and database: %s", err)
+            await app.crash(err)
+            return
+        health.loaded(pipeline.classifier.model.identity, pipeline.database_name)
+
     @app.on_before_shutdown.connect
     async def release(sender, **kwargs) -> None:
         # Sent after the consumer stopped: no batch can start any more.
-        await pipeline.close()
+        if loading.done() and not loading.exception():
+            await loading.result().close()
         await asyncio.to_thread(telemetry.shutdown)  # flushes the exporters, off the event loop
 
     # Probes: readiness once the group was joined (model and database load before the app exists),
@@ -211,7 +237,7 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
     async def status(web, request):
         return web.json(health.status())
 
-    return Worker(app, pipeline, health)
+    return Worker(app, loading, health)
 
 
 def track_seeks(consumer, topic: str, frontier: Frontier) -> None:

@@ -9,8 +9,8 @@ from typing import Callable
 
 @dataclass
 class WorkerHealth:
-    model: str
-    database: str
+    model: str | None = None  # set once the model and database are loaded
+    database: str | None = None
     stall_s: float = 300.0  # a batch in flight longer than this means the worker is stuck
     clock: Callable[[], float] = time.monotonic
     joined: bool = False  # the consumer joined its group (set on every assignment)
@@ -20,6 +20,9 @@ class WorkerHealth:
     started: float = field(default_factory=time.monotonic)
     counters: Counter = field(default_factory=Counter)
     dead_letters: Counter = field(default_factory=Counter)
+
+    def loaded(self, model: str, database: str) -> None:
+        self.model, self.database = model, database
 
     def assigned(self, partitions: list[int]) -> None:
         self.joined = True
@@ -37,8 +40,8 @@ class WorkerHealth:
         self.dead_letters.update(dead_letter_reasons)
 
     def ready(self) -> bool:
-        """Model and database are loaded when this object exists; ready once the group was joined."""
-        return self.joined
+        """Ready once the model and database are loaded and the consumer group was joined."""
+        return self.joined and self.model is not None
 
     def live(self) -> bool:
         """Fails only when a batch has been in flight for longer than `stall_s` (stuck, not idle)."""

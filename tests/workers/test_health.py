@@ -16,6 +16,14 @@ def test_ready_once_the_group_was_joined():
     assert health.ready() and health.partitions == []
 
 
+def test_not_ready_before_the_model_and_database_are_loaded():
+    health = WorkerHealth(clock=FakeClock())
+    health.assigned([0, 1])
+    assert not health.ready() and health.status()["model"] is None
+    health.loaded("tiny@x", "tiny-db@y")
+    assert health.ready() and health.status()["model"] == "tiny@x"
+
+
 def test_live_fails_only_when_a_batch_is_stuck():
     clock = FakeClock()
     health = WorkerHealth("m", "db", stall_s=60, clock=clock)
