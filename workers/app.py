@@ -13,7 +13,7 @@ from collections.abc import MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 import faust
 import msgpack
@@ -56,6 +56,17 @@ class StreamHistories(MutableMapping):
 
     def __len__(self) -> int:
         return len(self.table)
+
+
+class WorkerApp(faust.App):
+    """Faust's app, whose stop first runs `drain` (before Faust stops the consumer and the tables)."""
+
+    drain: Callable[[], Awaitable[Any]] | None = None
+
+    async def on_stop(self) -> None:
+        if self.drain is not None:
+            await self.drain()
+        await super().on_stop()
 
 
 @dataclass
@@ -104,7 +115,7 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
         loading = Future()
         loading.set_result(pipeline)
     telemetry = telemetry or Telemetry.from_env()  # off unless OTEL_* variables ask for it
-    app = faust.App(
+    app = WorkerApp(
         settings.app_id, broker=settings.broker, value_serializer="raw", key_serializer="raw",
         topic_partitions=settings.partitions, store="memory://",
         # Joins the group in seconds instead of 30 s (measured against the embedded broker).
@@ -126,6 +137,9 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
     health = WorkerHealth()
     frontier = Frontier()
     answering = asyncio.Lock()  # one batch at a time: the agent, read-backs and revocations take turns
+    # On SIGTERM: wait for the batch in flight (it delivers its records and commits), then keep the
+    # lock, so no other starts; events delivered meanwhile stay uncommitted for the next owner.
+    app.drain = answering.acquire
 
     async def answer(consumed: list[Consumed]) -> None:
         """Process records (each partition's in offset order), deliver their records, commit."""

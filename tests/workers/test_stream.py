@@ -232,6 +232,26 @@ def test_a_killed_worker_loses_nothing(broker, workers):
     assert sorted(labels) == sorted(e.event_id for e in events)
 
 
+def test_a_graceful_restart_neither_loses_nor_duplicates(broker, workers):
+    """SIGTERM mid-stream: the batch in flight finishes and commits, the worker leaves its group and
+    exits 0; the next worker answers the rest. Every event gets exactly one label."""
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    events = [image_event(f"cam-{i % 3}", shape(tinyworld.CATEGORIES[i % 10], 700 + i), event_id=f"g{i:03d}")
+              for i in range(80)]
+    first = workers(broker.url)
+    send(broker.url, events[:40])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and answered(collect(broker.url, 1, timeout_s=5)) < 10:
+        time.sleep(0.2)
+    send(broker.url, events[40:])
+    first.stop(signal.SIGTERM)
+    assert first.process.returncode == 0, first.log.read_text()[-2000:]
+    workers(broker.url)
+    records = collect(broker.url, len(events), timeout_s=120)
+    ids = [ev.decode_label_event(value).event_id for topic, value in records if topic == "labels.out"]
+    assert sorted(ids) == sorted(e.event_id for e in events)
+
+
 def test_a_second_worker_takes_over_partitions(broker, workers):
     ensure_topics(broker.url, TOPICS, PARTITIONS)
     first = workers(broker.url)
