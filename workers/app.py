@@ -218,6 +218,9 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
         log.warning("assigned %s partitions: %s", settings.images_topic, mine)
         health.assigned(mine)
         track_seeks(app.consumer, settings.images_topic, frontier)
+        # Faust fixes its consumer's long-poll wait at 1.5 s; a broker that holds a fetch that long
+        # even when records arrive (the embedded one does) adds it to every event's latency.
+        app.consumer._thread._ensure_consumer()._fetcher._fetch_max_wait_ms = settings.fetch_wait_ms
         telemetry.observe_lag(app.consumer, settings.images_topic)
 
     @app.task

@@ -53,6 +53,29 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise DecodeError(ev.NOT_AN_IMAGE, f"cannot decode the bytes as an image: {err}") from err
 
 
+class BatchHistories:
+    """One batch's view of the history table: each stream's state is decoded once and written back
+    once, at the end of the batch (a Faust table decodes on every read and sends a changelog record
+    on every write, and a state holds the records of the stream's last events)."""
+
+    def __init__(self, table: MutableMapping[str, dict]):
+        self.table, self.states, self.changed = table, {}, set()
+
+    def get(self, stream_id: str, default: dict | None = None) -> dict | None:
+        if stream_id not in self.states:
+            self.states[stream_id] = self.table.get(stream_id)
+        state = self.states[stream_id]
+        return default if state is None else state
+
+    def __setitem__(self, stream_id: str, state: dict) -> None:
+        self.states[stream_id] = state
+        self.changed.add(stream_id)
+
+    def write_back(self) -> None:
+        for stream_id in self.changed:
+            self.table[stream_id] = self.states[stream_id]
+
+
 class Pipeline:
     def __init__(self, classifier: Classifier, fetcher: Fetcher, policy: history.HistoryPolicy,
                  lexicon: Lexicon, database_name: str, max_pixels: int = 40_000_000, fetch_concurrency: int = 32,
@@ -77,6 +100,7 @@ class Pipeline:
         (a Faust table in the worker); it is read and written in event order. `trace` gets the stages
         (workers.telemetry)."""
         trace = trace if trace is not None else untraced(len(values))
+        histories = BatchHistories(histories)
         loop = asyncio.get_running_loop()
         outputs: list[Output | None] = [None] * len(values)
         todo: list[tuple[int, ev.ImageEvent, bytes]] = []
@@ -108,6 +132,7 @@ class Pipeline:
             for (i, event, _), prediction in zip(ready, predictions):
                 with trace.stage("history", i):
                     outputs[i] = self._label(event, prediction, histories)
+            histories.write_back()
         return outputs  # type: ignore[return-value]
 
     def _classify(self, batch: torch.Tensor, extras: list[list[str]], trace: BatchTrace,
@@ -137,7 +162,7 @@ class Pipeline:
         va, vb = self.classifier.terms.lookup(a), self.classifier.terms.lookup(b)
         return va is not None and vb is not None and float(np.dot(va, vb)) >= self.same_concept_threshold
 
-    def _label(self, event: ev.ImageEvent, prediction: Prediction, histories: MutableMapping[str, dict]) -> Output:
+    def _label(self, event: ev.ImageEvent, prediction: Prediction, histories: BatchHistories) -> Output:
         mode = event.attrs.get("history", self.policy.mode)
         policy = self.policy if mode == self.policy.mode or mode not in history.POLICIES \
             else history.HistoryPolicy(**{**asdict(self.policy), "mode": mode})

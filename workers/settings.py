@@ -24,6 +24,7 @@ class Settings:
     dead_letter_topic: str = "images.dlq"
     partitions: int = 8  # partitions of topics the worker creates; scale replicas up to this
     batch_size: int = 16
+    fetch_wait_ms: int = 100  # longest a fetch waits at the broker for new images.in records
     max_wait_s: float = 0.05  # flush a partial batch after this long
     history_policy: str = "live"  # default per-stream policy: live (smoothing) or upload (naming only)
     history_margin: float = 0.1

@@ -212,21 +212,27 @@ def test_startup_to_first_label_is_quick(broker, workers):
     assert elapsed < 15, f"first label after {elapsed:.1f}s"
 
 
+def stop_mid_stream(broker_url: str, workers, count: int, prefix: str, sig: int):
+    """A worker answers part of `count` events of three streams; the rest are published; then the
+    worker gets `sig` and a new one starts. Returns the stopped worker and all the events."""
+    ensure_topics(broker_url, TOPICS, PARTITIONS)
+    events = [image_event(f"cam-{i % 3}", shape(tinyworld.CATEGORIES[i % 10], 400 + i), event_id=f"{prefix}{i:03d}")
+              for i in range(count)]
+    first = workers(broker_url)
+    send(broker_url, events[:count // 2])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and answered(collect(broker_url, 1, timeout_s=5)) < count // 6:
+        time.sleep(0.2)
+    send(broker_url, events[count // 2:])
+    first.stop(sig)
+    workers(broker_url)
+    return first, events
+
+
 def test_a_killed_worker_loses_nothing(broker, workers):
     """SIGKILL mid-stream, restart: every event is answered, and re-delivered ones identically."""
-    ensure_topics(broker.url, TOPICS, PARTITIONS)
-    events = [image_event(f"cam-{i % 3}", shape(tinyworld.CATEGORIES[i % 10], 400 + i), event_id=f"e{i:03d}")
-              for i in range(120)]
-    first = workers(broker.url)
-    send(broker.url, events[:60])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(collect(broker.url, 1, timeout_s=5)) < 20:
-        time.sleep(0.2)
-    send(broker.url, events[60:])
-    first.stop(signal.SIGKILL)
-    workers(broker.url)
-    records = collect(broker.url, len(events), timeout_s=120)
-    labels = labels_by_event(records)
+    _, events = stop_mid_stream(broker.url, workers, 120, "e", signal.SIGKILL)
+    labels = labels_by_event(collect(broker.url, len(events), timeout_s=120))
     for event_id, copies in labels.items():
         assert all(copy == copies[0] for copy in copies), (event_id, copies)
     assert sorted(labels) == sorted(e.event_id for e in events)
@@ -235,18 +241,8 @@ def test_a_killed_worker_loses_nothing(broker, workers):
 def test_a_graceful_restart_neither_loses_nor_duplicates(broker, workers):
     """SIGTERM mid-stream: the batch in flight finishes and commits, the worker leaves its group and
     exits 0; the next worker answers the rest. Every event gets exactly one label."""
-    ensure_topics(broker.url, TOPICS, PARTITIONS)
-    events = [image_event(f"cam-{i % 3}", shape(tinyworld.CATEGORIES[i % 10], 700 + i), event_id=f"g{i:03d}")
-              for i in range(80)]
-    first = workers(broker.url)
-    send(broker.url, events[:40])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and answered(collect(broker.url, 1, timeout_s=5)) < 10:
-        time.sleep(0.2)
-    send(broker.url, events[40:])
-    first.stop(signal.SIGTERM)
+    first, events = stop_mid_stream(broker.url, workers, 80, "g", signal.SIGTERM)
     assert first.process.returncode == 0, first.log.read_text()[-2000:]
-    workers(broker.url)
     records = collect(broker.url, len(events), timeout_s=120)
     ids = [ev.decode_label_event(value).event_id for topic, value in records if topic == "labels.out"]
     assert sorted(ids) == sorted(e.event_id for e in events)
