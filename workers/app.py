@@ -193,10 +193,13 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
         # fetched records wait rules out records still on their way through Faust's buffers.
         if answering.locked() or app.rebalancing:
             stalled.clear()
+            health.backlog(False)  # a batch runs (or partitions move): judged by the batch's own time
             return
         fetched = await fetch_positions(app.consumer, settings.images_topic)
         async with answering:
-            gaps = [gap for gap in frontier.behind(fetched) if gap not in probed]
+            behind = frontier.behind(fetched)
+            health.backlog(bool(behind))
+            gaps = [gap for gap in behind if gap not in probed]
             confirmed = [gap for gap in gaps if (gap.partition, gap.start) in stalled]
             stalled.clear()
             stalled.update((gap.partition, gap.start) for gap in gaps if gap not in confirmed)

@@ -16,6 +16,7 @@ class WorkerHealth:
     joined: bool = False  # the consumer joined its group (set on every assignment)
     partitions: list[int] = field(default_factory=list)
     busy_since: float | None = None  # when the batch in flight started; None when idle
+    waiting_since: float | None = None  # since when fetched records wait unanswered while idle
     last_progress: float | None = None
     started: float = field(default_factory=time.monotonic)
     counters: Counter = field(default_factory=Counter)
@@ -39,13 +40,25 @@ class WorkerHealth:
         self.counters["labels_out"] += labels
         self.dead_letters.update(dead_letter_reasons)
 
+    def backlog(self, waiting: bool) -> None:
+        """Whether records the consumer fetched wait unanswered while no batch runs."""
+        if not waiting:
+            self.waiting_since = None
+        elif self.waiting_since is None:
+            self.waiting_since = self.clock()
+
     def ready(self) -> bool:
         """Ready once the model and database are loaded and the consumer group was joined."""
         return self.joined and self.model is not None
 
     def live(self) -> bool:
-        """Fails only when a batch has been in flight for longer than `stall_s` (stuck, not idle)."""
-        return self.busy_since is None or self.clock() - self.busy_since < self.stall_s
+        """Fails when a batch has been in flight for longer than `stall_s`, or when records have been
+        waiting that long with no batch answering them (stuck, as opposed to idle)."""
+        now = self.clock()
+        stuck_batch = self.busy_since is not None and now - self.busy_since >= self.stall_s
+        stuck_backlog = self.waiting_since is not None and self.busy_since is None and \
+            now - max(self.waiting_since, self.last_progress or self.waiting_since) >= self.stall_s
+        return not (stuck_batch or stuck_backlog)
 
     def status(self) -> dict:
         now = self.clock()

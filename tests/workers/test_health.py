@@ -38,6 +38,23 @@ def test_live_fails_only_when_a_batch_is_stuck():
     assert health.live()
 
 
+def test_live_fails_when_fetched_records_wait_without_progress():
+    clock = FakeClock()
+    health = WorkerHealth("m", "db", stall_s=60, clock=clock)
+    health.backlog(True)
+    clock.now += 59
+    assert health.live()
+    clock.now += 2
+    assert not health.live()  # work waits and nothing answers it
+    health.batch_started(2)
+    assert health.live()  # a batch runs: judged by its own time
+    health.batch_done(2, [])
+    assert health.live()  # progress just now
+    health.backlog(False)
+    clock.now += 1000
+    assert health.live()  # idle with nothing waiting is not a failure
+
+
 def test_status_counts_events_labels_and_dead_letters_by_reason():
     clock = FakeClock()
     health = WorkerHealth("tiny@x", "tiny-db@y", clock=clock)
