@@ -159,9 +159,12 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
         health.batch_done(sum(r.topic == ev.LABELS_OUT for r in records), [r.reason for r in records if r.reason])
         frontier.advance([(c.partition, c.offset) for c in consumed])
         advanced = {c.partition for c in consumed}
-        # Faust's own commit path (producer flush, commit, table bookkeeping) minus its ack tracking.
-        await app.consumer._commit_offsets({TP(settings.images_topic, p): offset
-                                            for p, offset in frontier.offsets().items() if p in advanced})
+        try:  # Faust's own commit path (producer flush, commit, table bookkeeping) minus its ack tracking
+            await app.consumer._commit_offsets({TP(settings.images_topic, p): offset
+                                                for p, offset in frontier.offsets().items() if p in advanced})
+        except Exception as err:  # e.g. the group rebalanced: the next owner replays these records
+            log.warning("could not commit %s offsets (%s); their events will be answered again, "
+                        "identically", settings.images_topic, err)
 
     async def read_back(gaps) -> list[Consumed]:
         found = []
