@@ -181,7 +181,7 @@ class Telemetry:
         for tp in consumer.assignment():
             if tp.topic != topic:
                 continue
-            # Faust's committed offsets, as app.rewind_uncommitted_on_seek reads them: None until the
+            # Faust's committed offsets (the worker commits its frontier there): None until the
             # group committed there. The highwater is None until a fetch response reported one.
             committed = consumer._committed_offset.get(tp)
             highwater = consumer.highwater(tp) if committed is not None else None
