@@ -142,9 +142,10 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
     app.drain = answering.acquire
 
     async def answer(consumed: list[Consumed]) -> None:
-        """Process records (each partition's in offset order), deliver their records, commit."""
+        """Process records, each partition's in offset order, deliver their records, commit."""
         if not consumed:
             return
+        consumed = sorted(consumed, key=lambda c: (c.partition, c.offset))
         health.batch_started(len(consumed))
         trace = telemetry.batch(consumed)
         records = await (await asyncio.wrap_future(loading)).process([c.value for c in consumed], histories, trace)
@@ -184,7 +185,7 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
             async with answering:
                 plan = frontier.plan([(c.partition, c.offset) for c in delivered])
                 batch = await read_back(plan.gaps) + [delivered[i] for i in plan.take]
-                await answer(sorted(batch, key=lambda c: (c.partition, c.offset)))
+                await answer(batch)
 
     stalled: set = set()  # (partition, frontier) with fetched records waiting, seen at the last tick
     probed: set = set()  # gaps the broker had nothing for, not probed again while they stay the same
@@ -208,7 +209,7 @@ def create_worker(settings: Settings, pipeline: Pipeline | None = None, telemetr
             stalled.update((gap.partition, gap.start) for gap in gaps if gap not in confirmed)
             if confirmed:
                 found = await read_back(confirmed)
-                await answer(sorted(found, key=lambda c: (c.partition, c.offset)))
+                await answer(found)
                 probed.update(gap for gap in confirmed if not any(c.partition == gap.partition for c in found))
 
     @app.on_partitions_revoked.connect

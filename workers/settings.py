@@ -1,9 +1,8 @@
 """One settings object, read from environment variables; CLI flags override it."""
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class Settings:
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     kafka_sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512; used by SASL_* only
     kafka_sasl_username: str | None = None
-    kafka_sasl_password: str | None = dataclasses.field(default=None, repr=False)  # environment only, never logged
+    kafka_sasl_password: str | None = field(default=None, repr=False)  # environment only, never logged
     kafka_ca_file: str | None = None  # PEM CA bundle for SSL / SASL_SSL; unset: the system CAs
     kafka_cert_file: str | None = None  # PEM client certificate for mutual TLS (may hold the key too)
     kafka_key_file: str | None = None  # the client certificate's private key, when in its own file
@@ -51,13 +50,13 @@ class Settings:
         """CASED_<FIELD> for each field, e.g. CASED_MODEL=ViT-L-14 CASED_PRETRAINED=openai."""
         env = os.environ if environ is None else environ
         values = {}
-        for field in fields(cls):
-            raw = env.get(f"CASED_{field.name.upper()}")
+        for setting in fields(cls):
+            raw = env.get(f"CASED_{setting.name.upper()}")
             if raw is None or raw == "":
                 continue
-            kind = field.type if isinstance(field.type, str) else field.type.__name__
+            kind = setting.type if isinstance(setting.type, str) else setting.type.__name__
             try:
-                values[field.name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+                values[setting.name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
             except ValueError as err:
-                raise ValueError(f"CASED_{field.name.upper()}={raw!r} is not a valid {kind}") from err
+                raise ValueError(f"CASED_{setting.name.upper()}={raw!r} is not a valid {kind}") from err
         return cls(**values)
