@@ -8,7 +8,7 @@ stream's history, applied in event order, keeps:
   changes only when a challenger leads the current label by a margin for several frames in a row;
 - the names used so far, which join the candidate set of the stream's next images.
 
-Pure logic over plain data: the state is a dict that a Faust table stores as JSON.
+Pure logic over plain data: the state is a dict (the worker stores it in a Faust table).
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ class HistoryPolicy:
     patience: int = 3  # ... for this many consecutive frames
     recent: int = 10  # consistent labels kept in the history sent with each label
     names: int = 16  # names remembered for consistent naming and extra candidates
-    replay: int = 64  # records kept per stream to answer re-delivered events identically
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,7 @@ SameConcept = Callable[[str, str], bool]
 
 
 def new_state() -> dict:
-    return {"names": [], "recent": [], "average": {}, "current": None, "challenger": None, "streak": 0,
-            "replay": {}}
+    return {"names": [], "recent": [], "average": {}, "current": None, "challenger": None, "streak": 0}
 
 
 def canonical(name: str, names: Sequence[str], same_concept: SameConcept) -> str:
@@ -98,19 +96,6 @@ def _hysteresis(state: dict, frame: dict[str, float], policy: HistoryPolicy) -> 
     return current
 
 
-def remember(state: dict, event_id: str, record: dict, policy: HistoryPolicy) -> dict:
-    """Keep the record produced for `event_id`, so a re-delivered event is answered identically."""
-    replay = dict(state["replay"])
-    replay[event_id] = record
-    for old in list(replay)[:-policy.replay]:
-        del replay[old]
-    return {**state, "replay": replay}
-
-
-def replayed(state: dict | None, event_id: str) -> dict | None:
-    return (state or {}).get("replay", {}).get(event_id)
-
-
 def _copy(state: dict) -> dict:
     return {**state, "names": list(state["names"]), "recent": list(state["recent"]),
-            "average": dict(state["average"]), "replay": dict(state["replay"])}
+            "average": dict(state["average"])}

@@ -23,7 +23,20 @@ NOT_FOUND = "not_found"
 TIMEOUT = "timeout"
 TOO_LARGE = "too_large"
 NOT_AN_IMAGE = "not_an_image"
+UNSUPPORTED_IMAGE = "unsupported_image"  # decodes, but too extreme to classify meaningfully (shape, mode)
 INTERNAL_ERROR = "internal_error"
+
+# Bounds on what a producer controls, so that every record a worker writes (label, dead letter, history
+# state) stays far below Kafka's default 1 MB record limit whatever the producer sends. An event over
+# a bound is an invalid_event dead letter.
+MAX_ID_BYTES = 256  # event_id, stream_id (UTF-8)
+MAX_URI_BYTES = 8192  # presigned S3 URLs run to ~2 KB
+MAX_ATTRS_BYTES = 16 * 1024  # attrs, as msgpack; echoed in every label and kept for replays
+MAX_ATTRS_DEPTH = 8  # nesting of maps and arrays inside attrs
+# A dead letter keeps at most this much of the original value (an inline image can be ~1 MB, the
+# record limit itself), and its detail at most this many characters.
+MAX_DEAD_PAYLOAD_BYTES = 64 * 1024
+MAX_DETAIL_CHARS = 1000
 
 
 class InvalidEvent(ValueError):
@@ -64,9 +77,27 @@ class LabelEvent:
 class DeadLetter:
     reason: str
     detail: str
-    payload: bytes  # the original value, untouched
+    payload: bytes  # the original value, or its first MAX_DEAD_PAYLOAD_BYTES when `truncated`
     event_id: str | None = None
     stream_id: str | None = None
+    payload_size: int | None = None  # the original value's length in bytes
+    truncated: bool = False  # payload holds only a prefix of the original value
+
+
+def dead_letter(reason: str, detail: str, value: bytes | None, event_id: str | None = None,
+                stream_id: str | None = None) -> DeadLetter:
+    """A dead letter for `value` that fits a Kafka record whatever the producer sent: the payload is
+    cut to MAX_DEAD_PAYLOAD_BYTES (and says so), the detail to MAX_DETAIL_CHARS, ids over their bound
+    are left out."""
+    value = value or b""
+    if len(detail) > MAX_DETAIL_CHARS:
+        detail = detail[:MAX_DETAIL_CHARS - 3] + "..."
+    return DeadLetter(reason, detail, value[:MAX_DEAD_PAYLOAD_BYTES], _bounded_id(event_id),
+                      _bounded_id(stream_id), len(value), len(value) > MAX_DEAD_PAYLOAD_BYTES)
+
+
+def _bounded_id(value: str | None) -> str | None:
+    return value if isinstance(value, str) and value and len(value.encode()) <= MAX_ID_BYTES else None
 
 
 def _pack(record: dict) -> bytes:
@@ -83,7 +114,7 @@ def encode_label_event(event: LabelEvent) -> bytes:
 
 
 def encode_dead_letter(letter: DeadLetter) -> bytes:
-    return _pack({k: v for k, v in asdict(letter).items() if v is not None})
+    return _pack({k: v for k, v in asdict(letter).items() if v is not None and not (k == "truncated" and not v)})
 
 
 def _unpack(value: bytes) -> dict:
@@ -102,8 +133,7 @@ def decode_image_event(value: bytes | None) -> ImageEvent:
         raise InvalidEvent("empty value")
     record = _unpack(value)
     event_id, stream_id = record.get("event_id"), record.get("stream_id")
-    ids = {"event_id": event_id if isinstance(event_id, str) else None,
-           "stream_id": stream_id if isinstance(stream_id, str) else None}
+    ids = {"event_id": _bounded_id(event_id), "stream_id": _bounded_id(stream_id)}
 
     def invalid(detail: str) -> InvalidEvent:
         return InvalidEvent(detail, **ids)
@@ -113,11 +143,15 @@ def decode_image_event(value: bytes | None) -> ImageEvent:
     for name in ("event_id", "stream_id"):
         if not isinstance(record.get(name), str) or not record[name]:
             raise invalid(f"{name} must be a non-empty string")
+        if len(record[name].encode()) > MAX_ID_BYTES:
+            raise invalid(f"{name} is longer than {MAX_ID_BYTES} bytes")
     uri, image = record.get("uri"), record.get("image")
     if (uri is None) == (image is None):
         raise invalid("exactly one of uri and image must be set")
     if uri is not None and (not isinstance(uri, str) or not uri):
         raise invalid("uri must be a non-empty string")
+    if uri is not None and len(uri.encode("utf-8", "surrogatepass")) > MAX_URI_BYTES:
+        raise invalid(f"uri is longer than {MAX_URI_BYTES} bytes")
     if image is not None and not isinstance(image, bytes):
         raise invalid("image must be bytes (msgpack bin)")
     ts = record.get("ts")
@@ -126,10 +160,33 @@ def decode_image_event(value: bytes | None) -> ImageEvent:
     attrs = record.get("attrs", {})
     if not isinstance(attrs, dict):
         raise invalid("attrs must be a map")
+    if _depth(attrs) > MAX_ATTRS_DEPTH:
+        raise invalid(f"attrs are nested more than {MAX_ATTRS_DEPTH} levels deep")
+    if len(msgpack.packb(attrs, use_bin_type=True)) > MAX_ATTRS_BYTES:
+        raise invalid(f"attrs take more than {MAX_ATTRS_BYTES} bytes")
     unknown = set(record) - {"v", "event_id", "stream_id", "uri", "image", "ts", "attrs"}
     if unknown:
-        raise invalid(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+        names = ", ".join(sorted(map(str, unknown))[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise invalid(f"unknown fields: {names}")
     return ImageEvent(event_id, stream_id, uri, image, float(ts) if ts is not None else None, attrs)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of maps and arrays, without recursion (a producer can nest thousands deep)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            children = list(item.keys()) + list(item.values())
+        elif isinstance(item, (list, tuple)):
+            children = list(item)
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_ATTRS_DEPTH:
+            break
+        todo += [(child, depth + 1) for child in children]
+    return deepest
 
 
 def decode_label_event(value: bytes) -> LabelEvent:

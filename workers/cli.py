@@ -395,6 +395,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from cased_core.database import DatabaseError
     from cased_core.model import ModelLoadError
+    from workers.compat import IncompatibleDependency
 
     try:
         settings = Settings.from_env()
@@ -405,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.settings = settings
     try:
         args.func(args)
-    except (CliError, DatabaseError, ModelLoadError, FileNotFoundError, ValueError, ConnectionError) as err:
+    except (CliError, DatabaseError, ModelLoadError, FileNotFoundError, ValueError, ConnectionError,
+            IncompatibleDependency) as err:
         print(f"cased: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -21,6 +21,9 @@ class WorkerHealth:
     started: float = field(default_factory=time.monotonic)
     counters: Counter = field(default_factory=Counter)
     dead_letters: Counter = field(default_factory=Counter)
+    commit_failures: int = 0  # batches in a row whose commit failed
+    last_commit_error: str | None = None
+    halted: str | None = None  # why the worker stopped taking events; /live fails while set
 
     def loaded(self, model: str, database: str) -> None:
         self.model, self.database = model, database
@@ -40,6 +43,23 @@ class WorkerHealth:
         self.counters["labels_out"] += labels
         self.dead_letters.update(dead_letter_reasons)
 
+    def read_back(self, records: int) -> None:
+        self.counters["read_back"] += records
+
+    def committed(self) -> None:
+        self.commit_failures = 0
+
+    def commit_failed(self, reason: str) -> int:
+        """A batch's commit failed for `reason`; returns how many batches in a row that makes."""
+        self.commit_failures += 1
+        self.counters["commit_failures"] += 1
+        self.last_commit_error = reason
+        return self.commit_failures
+
+    def halt(self, reason: str) -> None:
+        """The worker takes no more events: not live from now on, `reason` in the status."""
+        self.halted = reason
+
     def backlog(self, waiting: bool) -> None:
         """Whether records the consumer fetched wait unanswered while no batch runs."""
         if not waiting:
@@ -52,8 +72,10 @@ class WorkerHealth:
         return self.joined and self.model is not None
 
     def live(self) -> bool:
-        """Fails when a batch has been in flight for longer than `stall_s`, or when records have been
-        waiting that long with no batch answering them (stuck, as opposed to idle)."""
+        """Fails when a batch has been in flight for longer than `stall_s`, when records have been
+        waiting that long with no batch answering them (stuck, as opposed to idle), or once halted."""
+        if self.halted is not None:
+            return False
         now = self.clock()
         stuck_batch = self.busy_since is not None and now - self.busy_since >= self.stall_s
         stuck_backlog = self.waiting_since is not None and self.busy_since is None and \
@@ -68,4 +90,6 @@ class WorkerHealth:
             "seconds_since_progress": None if self.last_progress is None else round(now - self.last_progress, 1),
             "batch_in_flight_s": None if self.busy_since is None else round(now - self.busy_since, 1),
             "counters": dict(self.counters), "dead_letters": dict(self.dead_letters),
+            "commit_failures_in_a_row": self.commit_failures, "last_commit_error": self.last_commit_error,
+            "halted": self.halted,
         }

@@ -10,6 +10,7 @@ Hooks never raise: a failure in telemetry is logged and processing goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -203,8 +204,26 @@ class Telemetry:
 OFF = Telemetry()
 
 
-def untraced(events: int) -> "BatchTrace":
-    return OFF.batch([Consumed()] * events)
+class NullTrace:
+    """A BatchTrace that records nothing: what the pipeline gets when no one traces it."""
+
+    def identify(self, i: int, event: ev.ImageEvent, replayed: bool = False) -> None:
+        pass
+
+    def stage(self, name: str, i: int) -> contextlib.nullcontext:
+        return contextlib.nullcontext()
+
+    def batch_stage(self, name: str, members: Sequence[int]) -> contextlib.nullcontext:
+        return contextlib.nullcontext()
+
+    def producing(self, i: int, topic: str) -> Headers:
+        return ()
+
+    def done(self, outputs: Sequence[Any]) -> None:
+        pass
+
+
+NULL_TRACE = NullTrace()
 
 
 def _messaging(topic: str | None, operation: str) -> dict[str, Any]:

@@ -46,16 +46,6 @@ def test_history_is_bounded_and_newest_last():
     assert state["names"] == [f"name{i}" for i in range(26, 30)]
 
 
-def test_replay_returns_the_stored_record_and_is_bounded():
-    policy = HistoryPolicy(replay=2)
-    state = history.new_state()
-    for i in range(3):
-        state = history.remember(state, f"e{i}", {"label": str(i)}, policy)
-    assert history.replayed(state, "e0") is None
-    assert history.replayed(state, "e2") == {"label": "2"}
-    assert history.replayed(None, "e2") is None
-
-
 def test_apply_does_not_mutate_the_given_state():
     _, state = run([[("dog", 1.0)]], HistoryPolicy(mode="upload"))
     snapshot = {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}

@@ -44,3 +44,51 @@ def test_non_msgpack_values_are_invalid():
     for value in (b"", None, b"\xc1", msgpack.packb([1, 2]), b"{\"json\": true}"):
         with pytest.raises(ev.InvalidEvent):
             ev.decode_image_event(value)
+
+
+def nested(depth: int):
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("event_id", "e" * (ev.MAX_ID_BYTES + 1), "event_id is longer than 256 bytes"),
+    ("stream_id", "é" * (ev.MAX_ID_BYTES // 2 + 1), "stream_id is longer than 256 bytes"),  # bytes, not characters
+    ("uri", "s3://b/" + "k" * ev.MAX_URI_BYTES, "uri is longer than"),
+    ("attrs", {"a": nested(ev.MAX_ATTRS_DEPTH)}, "nested more than 8 levels"),
+    ("attrs", {"a": nested(400)}, "nested more than 8 levels"),
+    ("attrs", {"a": "x" * ev.MAX_ATTRS_BYTES}, "attrs take more than"),
+])
+def test_fields_over_their_bound_are_invalid(field, value, message):
+    record = {"v": 1, "event_id": "e", "stream_id": "s", "uri": "s3://b/k", field: value}
+    with pytest.raises(ev.InvalidEvent, match=message) as err:
+        ev.decode_image_event(msgpack.packb(record))
+    # an id over its bound is not echoed; the other one is
+    assert err.value.event_id == (None if field == "event_id" else "e")
+    assert err.value.stream_id == (None if field == "stream_id" else "s")
+
+
+def test_fields_at_their_bound_are_valid():
+    record = {"v": 1, "event_id": "e" * ev.MAX_ID_BYTES, "stream_id": "s" * ev.MAX_ID_BYTES,
+              "uri": "s3://b/" + "k" * (ev.MAX_URI_BYTES - 7), "attrs": {"a": nested(ev.MAX_ATTRS_DEPTH - 1)}}
+    assert ev.decode_image_event(msgpack.packb(record)).event_id == record["event_id"]
+
+
+def test_many_unknown_fields_make_a_short_detail():
+    record = {"v": 1, "event_id": "e", "stream_id": "s", "uri": "x", **{f"f{i:05d}": i for i in range(10_000)}}
+    with pytest.raises(ev.InvalidEvent) as err:
+        ev.decode_image_event(msgpack.packb(record))
+    assert err.value.detail == "unknown fields: f00000, f00001, f00002, f00003, f00004 and 9995 more"
+
+
+def test_a_dead_letter_is_bounded_and_says_what_it_cut():
+    letter = ev.dead_letter(ev.NOT_AN_IMAGE, "d" * 5000, b"p" * 1_000_000, "e" * 300, "cam")
+    assert letter.truncated and letter.payload_size == 1_000_000
+    assert letter.payload == b"p" * ev.MAX_DEAD_PAYLOAD_BYTES and len(letter.detail) == ev.MAX_DETAIL_CHARS
+    assert letter.event_id is None and letter.stream_id == "cam"
+    assert ev.decode_dead_letter(ev.encode_dead_letter(letter)) == letter
+    small = ev.dead_letter(ev.NOT_AN_IMAGE, "bad", b"abc", "e1", "cam")
+    assert not small.truncated and small.payload == b"abc" and small.payload_size == 3
+    assert "truncated" not in msgpack.unpackb(ev.encode_dead_letter(small))

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from tests.workers.test_stream import PARTITIONS, TOPICS, shape, workers  # noqa: F401 (a fixture)
+from tests.workers.conftest import PARTITIONS, TOPICS, shape
 from topics import events as ev
 from workers.broker import EmbeddedBroker, free_port
 from workers.cli import main

@@ -1,119 +1,20 @@
 """The worker against a real broker (Tansu) and a real S3 endpoint (moto), as separate processes."""
 from __future__ import annotations
 
-import io
-import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import msgpack
-import numpy as np
-import pytest
-from PIL import Image
 
 from cased_core import tinyworld
+from tests.workers.conftest import (
+    PARTITIONS, TOPICS, answered, collect, http_get, labels_by_event, read_outputs, send, shape, wait_ready,
+)
 from topics import events as ev
-from workers.broker import free_port
-from workers.clients import ensure_topics, image_event, producer, publish, read_records
-
-TOPICS = ("images.in", "labels.out", "images.dlq")
-PARTITIONS = 4
-
-
-def png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
-
-
-def shape(category: str, seed: int) -> bytes:
-    return png(tinyworld.render(np.random.default_rng(seed), category, size=64)[0])
-
-
-class WorkerProcess:
-    """`cased worker` in its own process, its log kept in a file."""
-
-    def __init__(self, broker_url: str, log_dir: Path, env: dict[str, str] | None = None, name: str = "w"):
-        self.log = log_dir / f"{name}.log"
-        self.web_port = free_port()
-        full_env = {**os.environ, "CASED_BROKER": broker_url, "CASED_PARTITIONS": str(PARTITIONS),
-                    "CASED_WEB_PORT": str(self.web_port), "CASED_BATCH_SIZE": "8", **(env or {})}
-        with open(self.log, "w") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--loglevel", "warning"],
-                                            env=full_env, stdout=log, stderr=subprocess.STDOUT)
-
-    def assignment(self) -> list[int] | None:
-        found = re.findall(r"assigned images\.in partitions: \[([\d, ]*)\]", self.log.read_text())
-        return [int(p) for p in found[-1].split(",") if p.strip()] if found else None
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@pytest.fixture
-def workers(tmp_path):
-    started: list[WorkerProcess] = []
-
-    def start(broker_url: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        worker = WorkerProcess(broker_url, tmp_path, env, name=f"worker{len(started)}")
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop(signal.SIGKILL)
-
-
-def answered(records: list[tuple[str, bytes]]) -> int:
-    """Distinct events answered: re-delivered events may have several (identical) records."""
-    keys = set()
-    for topic, value in records:
-        record = msgpack.unpackb(value)
-        keys.add(record.get("event_id") or record["payload"])
-    return len(keys)
-
-
-def collect(broker_url: str, expected: int, timeout_s: float = 90.0) -> list[tuple[str, bytes]]:
-    """Records from labels.out and images.dlq until `expected` distinct events were answered (or the
-    time is up)."""
-    deadline = time.monotonic() + timeout_s
-    records: list[tuple[str, bytes]] = []
-    while time.monotonic() < deadline:
-        records = [(topic, value) for topic, _, value in read_records(broker_url, ["labels.out", "images.dlq"],
-                                                                      idle_timeout_s=1.0)]
-        if answered(records) >= expected:
-            break
-        time.sleep(0.5)
-    return records
-
-
-def send(broker_url: str, events: list[ev.ImageEvent]) -> list[str]:
-    client = producer(broker_url)
-    try:
-        return publish(client, "images.in", events)
-    finally:
-        client.close()
-
-
-def labels_by_event(records) -> dict[str, list[ev.LabelEvent]]:
-    out = defaultdict(list)
-    for topic, value in records:
-        if topic == "labels.out":
-            label = ev.decode_label_event(value)
-            out[label.event_id].append(label)
-    return out
-
+from workers.clients import ensure_topics, image_event, producer
 
 def test_every_event_ends_as_exactly_one_record(broker, s3_endpoint, workers, tmp_path):
     url, s3 = s3_endpoint
@@ -221,7 +122,8 @@ def stop_mid_stream(broker_url: str, workers, count: int, prefix: str, sig: int)
     first = workers(broker_url)
     send(broker_url, events[:count // 2])
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and answered(collect(broker_url, 1, timeout_s=5)) < count // 6:
+    while answered(read_outputs(broker_url)) < count // 6:
+        assert time.monotonic() < deadline, f"the first worker answered nothing in 60 s: {first.log.read_text()[-3000:]}"
         time.sleep(0.2)
     send(broker_url, events[count // 2:])
     first.stop(sig)
@@ -289,32 +191,10 @@ def test_bench_stream_prints_and_writes_its_figures(tmp_path):
     assert 0 < figures["p50_ms"] <= figures["p99_ms"]
 
 
-def http_get(port: int, path: str) -> tuple[int, dict]:
-    import json
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 def test_health_endpoints_report_readiness_liveness_and_counters(broker, workers):
     ensure_topics(broker.url, TOPICS, PARTITIONS)
     worker = workers(broker.url)
-    deadline = time.monotonic() + 30
-    status = None
-    while time.monotonic() < deadline:
-        try:
-            status, _ = http_get(worker.web_port, "/ready")
-        except OSError:
-            status = None  # the web server is not up yet
-        if status == 200:
-            break
-        time.sleep(0.3)
-    assert status == 200
+    wait_ready(worker, timeout_s=30)
     send(broker.url, [image_event("cam", shape("star", 8), event_id="ok"),
                       image_event("cam", b"not an image", event_id="bad")])
     assert answered(collect(broker.url, 2)) == 2

@@ -25,10 +25,11 @@ from topics import events as ev
 from workers.broker import free_port
 from workers.clients import ensure_topics, image_event, producer, publish, read_messages
 from workers.fetch import Fetcher, FetchLimits
+from workers.histories import MemoryStore
 from workers.pipeline import Pipeline
 from workers.offsets import Consumed
 from workers.telemetry import Telemetry, exported_signals
-from tests.workers.test_stream import PARTITIONS, TOPICS, shape, workers  # noqa: F401 (a fixture)
+from tests.workers.conftest import PARTITIONS, TOPICS, shape
 
 STAGES = ("consume", "fetch", "decode", "encode", "search", "score", "history", "produce")
 
@@ -80,7 +81,7 @@ def published(recorded: Recorded, events: list[ev.ImageEvent]) -> list[Consumed]
 def run(pipeline: Pipeline, values: list[bytes], trace) -> list:
     async def go():
         try:
-            return await pipeline.process(values, {}, trace)
+            return await pipeline.process(values, MemoryStore(), trace)
         finally:
             await pipeline.close()
 
