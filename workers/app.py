@@ -21,8 +21,8 @@ from workers import compat
 from workers.clients import bootstrap, ensure_topics
 from workers.fetch import Fetcher, FetchLimits
 from workers.health import WorkerHealth
-from workers.histories import HistoryTable, TableStore
-from workers.offsets import Consumed, Frontier, Gap, read_range
+from workers.histories import ChangelogStore
+from workers.offsets import Consumed, Frontier, Gap, read_partition, read_range
 from workers.security import aiokafka_options, faust_credentials, kafka_python_options
 from workers.settings import Settings
 from workers.telemetry import Telemetry
@@ -103,7 +103,6 @@ class Worker:
             web_port=settings.web_port, web_bind="0.0.0.0", web_in_thread=False,
             producer_acks=-1,
             broker_credentials=faust_credentials(settings),  # CASED_KAFKA_*: SASL/TLS, None for PLAINTEXT
-            Table=HistoryTable,  # the class app.Table makes: the stream history picks its changelog partitions
         )
         return cls(settings, app, loading, telemetry or Telemetry.from_env(), WorkerHealth())
 
@@ -117,9 +116,13 @@ class Worker:
                                                  partitions=settings.partitions),
                         ev.DEAD_LETTER: app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes,
                                                   partitions=settings.partitions)}
-        table = app.Table("stream-history", default=None, partitions=settings.partitions, key_type=bytes,
-                          value_type=bytes)  # raw bytes: the app's serializers
-        self.histories = TableStore(table)
+        changelog = app.topic(history_topic(settings), key_type=bytes, value_type=bytes,
+                              partitions=settings.partitions)
+        self.histories = ChangelogStore(
+            changelog.get_topic_name(),
+            read=lambda p: read_partition(bootstrap(settings.broker), changelog.get_topic_name(), p,
+                                          client_options=aiokafka_options(settings)),
+            send=lambda p, key, value: changelog.send(key=key, value=value, partition=p))
         self.frontier = Frontier()
         self.answering = asyncio.Lock()  # one batch at a time: the agent, read-backs and revocations take turns
         self._stalled: set = set()  # (partition, frontier) with fetched records waiting, seen at the last tick
@@ -159,6 +162,7 @@ class Worker:
         self.health.batch_started(len(consumed))
         trace = self.telemetry.batch(consumed)
         pipeline = await asyncio.wrap_future(self.pipeline)
+        await self.histories.ready({c.partition for c in consumed})
         records = await pipeline.process([c.value for c in consumed], self.histories, trace,
                                          [c.partition for c in consumed])
         await self.deliver(records, trace)
@@ -169,7 +173,7 @@ class Worker:
     async def deliver(self, records: list[Output], trace) -> None:
         # History first: once the changelog holds a record, a re-delivered event replays it, so a
         # label is never emitted without its replay copy (duplicates stay identical).
-        await self.app.producer.flush()
+        await self.histories.flush()
         deliveries = [await self.outputs[r.topic].send(key=r.key, value=r.value,
                                                        headers=trace.producing(i, self.outputs[r.topic].get_topic_name()))
                       for i, r in enumerate(records)]
@@ -244,6 +248,7 @@ class Worker:
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.images_topic)
         log.info("assigned %s partitions: %s", self.settings.images_topic, mine)
         self.health.assigned(mine)
+        self.histories.assign(mine)  # restores the new partitions' histories; batches wait for them
         compat.require_compatible(self.app.consumer)  # raising here crashes the app: refused, with why
         compat.track_seeks(self.app.consumer, self.settings.images_topic, self.frontier.reset)
         # Faust fixes its consumer's long-poll wait at 1.5 s; a broker that holds a fetch that long
@@ -278,6 +283,11 @@ def _view(answer: Callable[[], tuple[dict, bool]]):
     return view
 
 
+def history_topic(settings: Settings) -> str:
+    """The stream histories' changelog: partitioned like images.in, compacted (one entry per key)."""
+    return f"{settings.app_id}-stream-history-changelog"
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """`cased worker`: blocks until SIGTERM/SIGINT, then stops cleanly."""
     compat.require_compatible()  # before anything starts: the guarantees rest on these internals
@@ -286,4 +296,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # topic lost records on the embedded broker.
     ensure_topics(settings.broker, [settings.images_topic, settings.labels_topic, settings.dead_letter_topic],
                   settings.partitions, **kafka_python_options(settings))
+    ensure_topics(settings.broker, [history_topic(settings)], settings.partitions,
+                  configs={"cleanup.policy": "compact"}, **kafka_python_options(settings))
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -42,7 +42,9 @@ def connect(client_class, broker: str, kafka_options: dict, **config):
                                              if protocol.startswith("SASL_") else "")) from err
 
 
-def ensure_topics(broker: str, names: Iterable[str], partitions: int, **kafka_options) -> None:
+def ensure_topics(broker: str, names: Iterable[str], partitions: int, configs: dict[str, str] | None = None,
+                  **kafka_options) -> None:
+    """Create the topics that do not exist yet, with `partitions` partitions and topic `configs`."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -53,7 +55,7 @@ def ensure_topics(broker: str, names: Iterable[str], partitions: int, **kafka_op
         # brokers' metadata (Tansu's authorised-operations field), and creation is idempotent anyway.
         for name in names:
             try:
-                admin.create_topics([NewTopic(name, partitions, 1)])
+                admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs or {})])
             except TopicAlreadyExistsError:
                 pass
     finally:

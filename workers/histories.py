@@ -11,15 +11,19 @@ one entry per event, never a stream's whole replay history again, and no entry c
 bounds of one output record. Evicted answers are deleted (a tombstone in the changelog).
 
 Every entry is written to the changelog partition numbered like the images.in partition of the event
-that produced it, whatever partitioner the producer used: Faust restores changelog partition P on the
-worker that owns images.in partition P, so a stream's history is where its events arrive.
+that produced it, whatever partitioner the producer used, and the worker that owns images.in partition
+P restores changelog partition P before it answers any of P's events: a stream's history is where its
+events arrive.
 """
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import logging
+from typing import Awaitable, Callable, Iterable, Protocol
 
-import faust
 import msgpack
+
+log = logging.getLogger("cased.worker")
 
 MAX_ANSWERS = 64  # answered events kept per stream; a re-delivery comes from the last uncommitted batches
 
@@ -40,38 +44,70 @@ class HistoryStore(Protocol):
     def put(self, partition: int | None, key: bytes, value: bytes | None) -> None: ...
 
 
-class HistoryTable(faust.Table):
-    """A Faust table whose changelog partition is the one the caller names for each write, instead of
-    the producer's partitioner (murmur2 on the key), which need not match how the producer of
-    images.in partitioned the stream (librdkafka clients hash differently by default)."""
+class ChangelogStore:
+    """The worker's HistoryStore: entries in memory for the images.in partitions it owns, each backed
+    by the changelog partition of the same number (a compacted topic), which it restores itself.
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.routes: dict[bytes, int | None] = {}
+    Not a Faust table: Faust's table recovery ends as soon as its consumer's fetch position reaches the
+    highwater, which drops records fetched but not yet applied (seen as a stream's state one write
+    behind after a rebalance), and its changelog partition comes from the key's murmur2 hash. Here a
+    partition is read to its end offset exactly, before any batch of its events is answered.
+    """
 
-    def partition_for_key(self, key: bytes) -> int | None:
-        # Called by Faust's on_key_set / on_key_del for each write that TableStore.put routed.
-        return self.routes.pop(key)
+    def __init__(self, topic: str, read: Callable[[int], Awaitable[list]],
+                 send: Callable[[int, bytes, bytes | None], Awaitable[Awaitable]]):
+        """`read(partition)`: the changelog partition's records (with .key, .value), oldest first;
+        `send(partition, key, value)`: produce one changelog record, returning its delivery future."""
+        self.topic, self._read, self._send = topic, read, send
+        self._entries: dict[bytes, bytes] = {}
+        self._partition_of: dict[bytes, int] = {}
+        self._restored: dict[int, asyncio.Future] = {}
+        self._pending: list[tuple[int, bytes, bytes | None]] = []
 
+    def assign(self, partitions: Iterable[int]) -> None:
+        """The images.in partitions this worker owns now: entries of the others are dropped (another
+        worker writes them from now on), the new ones start restoring."""
+        mine = set(partitions)
+        for partition in set(self._restored) - mine:
+            self._restored.pop(partition).cancel()
+        for key in [k for k, p in self._partition_of.items() if p not in mine]:
+            del self._entries[key], self._partition_of[key]
+        for partition in mine - set(self._restored):
+            self._restored[partition] = asyncio.ensure_future(self._restore(partition))
 
-class TableStore:
-    """The worker's HistoryStore: a HistoryTable of raw bytes."""
+    async def ready(self, partitions: Iterable[int]) -> None:
+        """Wait until these partitions' entries are restored (restoring any not assigned yet)."""
+        for partition in set(partitions):
+            restored = self._restored.get(partition)
+            if restored is None or (restored.done() and (restored.cancelled() or restored.exception())):
+                self._restored[partition] = asyncio.ensure_future(self._restore(partition))  # (again)
+        await asyncio.gather(*(asyncio.shield(self._restored[p]) for p in set(partitions)))
 
-    def __init__(self, table: HistoryTable):
-        self.table = table
+    async def _restore(self, partition: int) -> None:
+        for record in await self._read(partition):
+            self._apply(partition, record.key, record.value)
+        log.info("restored %s partition %d: %d stream-history entries", self.topic, partition,
+                 sum(p == partition for p in self._partition_of.values()))
+
+    def _apply(self, partition: int, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self._entries.pop(key, None)
+            self._partition_of.pop(key, None)
+        else:
+            self._entries[key], self._partition_of[key] = value, partition
 
     def get(self, key: bytes) -> bytes | None:
-        return self.table.get(key)
+        return self._entries.get(key)
 
     def put(self, partition: int | None, key: bytes, value: bytes | None) -> None:
-        self.table.routes[key] = partition
-        if value is None:
-            if key in self.table:
-                del self.table[key]
-            else:
-                self.table.routes.pop(key)
-        else:
-            self.table[key] = value
+        self._apply(partition, key, value)
+        self._pending.append((partition, key, value))
+
+    async def flush(self) -> None:
+        """Produce the changelog records of every `put` so far and wait until the broker has them."""
+        pending, self._pending = self._pending, []
+        deliveries = [await self._send(partition, key, value) for partition, key, value in pending]
+        await asyncio.gather(*deliveries)
 
 
 class MemoryStore(dict):

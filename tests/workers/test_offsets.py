@@ -69,3 +69,19 @@ def test_read_range_past_the_end_returns_what_exists(broker):
     records = asyncio.run(read_range([broker.address], "t", Gap(0, 1, 50), idle_s=0.5))
     assert [r.offset for r in records] == [1, 2]
     assert asyncio.run(read_range([broker.address], "t", Gap(0, 3, 4), idle_s=0.5)) == []
+
+
+def test_read_partition_reads_every_record_of_multi_record_batches_and_ends_on_empty_ones(broker):
+    """The embedded broker's ListOffsets counts batches, not records: the read must not stop there."""
+    from workers.clients import bootstrap, ensure_topics, producer
+    from workers.offsets import read_partition
+
+    ensure_topics(broker.url, ["log"], 2)
+    client = producer(broker.url)
+    for i in range(6):  # sent together: one record batch
+        client.send("log", key=b"k%d" % (i % 2), value=b"v%d" % i, partition=1)
+    client.flush()
+    client.close()
+    records = asyncio.run(read_partition(bootstrap(broker.url), "log", 1, timeout_s=30))
+    assert [(r.offset, r.value) for r in records] == [(i, b"v%d" % i) for i in range(6)]
+    assert asyncio.run(read_partition(bootstrap(broker.url), "log", 0, timeout_s=30)) == []
