@@ -119,7 +119,10 @@ def read_messages(broker: str, topics: list[str], idle_timeout_s: float | None =
     consumer = connect(KafkaConsumer, broker, kafka_options,
                        consumer_timeout_ms=int(idle_timeout_s * 1000) if idle_timeout_s else float("inf"),
                        enable_auto_commit=False,
-                       fetch_max_wait_ms=20)  # a reader measures latency: don't let the broker hold fetches
+                       fetch_max_wait_ms=20,  # a reader measures latency: don't let the broker hold fetches
+                       # kafka-python asks for fetches of up to 50 MB but refuses responses over 1 MB: a
+                       # few labels carrying large attrs in one response made the reader fail
+                       receive_message_max_bytes=64 * 1024 * 1024)
     try:
         partitions = []
         deadline = time.monotonic() + 10
