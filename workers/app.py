@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cased.worker")
 
 COMMIT_ATTEMPTS = 3  # tries per batch, with backoff, before the batch's commit counts as failed
+COMMIT_BACKOFF_S = 0.2  # before the second try, doubled for each next one
 COMMIT_FAILURES_FATAL = 3  # batches in a row whose commit failed: the worker stops taking events
 
 
@@ -185,7 +186,7 @@ class Worker:
         answered again, identically, by whoever owns its partition next; batches failing in a row mean
         the group coordinator is gone or the client broke: the worker halts and /live says why."""
         offsets = {TP(self.settings.images_topic, p): o for p, o in self.frontier.offsets().items() if p in partitions}
-        delay, error = 0.2, None
+        delay, error = COMMIT_BACKOFF_S, None
         for _ in range(COMMIT_ATTEMPTS):
             try:
                 await compat.commit(self.app.consumer, offsets)

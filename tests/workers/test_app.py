@@ -1,0 +1,55 @@
+"""The worker's steps driven in process (the Faust app is built, never started)."""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Future
+
+import pytest
+
+from workers import app as worker_app
+from workers.app import Worker
+from workers.offsets import Frontier
+from workers.settings import Settings
+
+
+@pytest.fixture
+def worker(monkeypatch):
+    monkeypatch.setattr(worker_app, "COMMIT_BACKOFF_S", 0.0)
+    pipeline: Future = Future()
+    pipeline.set_result(None)  # the steps tested here never reach the model
+    built = Worker.init(Settings(broker="kafka://127.0.0.1:9"), pipeline=pipeline)
+    built.frontier = Frontier()
+    built.frontier.reset({0: 10, 1: 20})
+    return built
+
+
+def test_a_commit_is_retried_and_a_success_resets_the_failure_count(worker, monkeypatch):
+    calls = []
+
+    async def flaky(consumer, offsets):
+        calls.append(dict(offsets))
+        if len(calls) < worker_app.COMMIT_ATTEMPTS:
+            raise RuntimeError("coordinator moving")
+
+    monkeypatch.setattr(worker_app.compat, "commit", flaky)
+    worker.health.commit_failures = 2
+    asyncio.run(worker.commit({0}))
+    assert len(calls) == worker_app.COMMIT_ATTEMPTS and all(set(c) == {("images.in", 0)} for c in calls)
+    assert [offset for offset in calls[0].values()] == [10]  # the partition's frontier
+    assert worker.health.commit_failures == 0 and worker.health.halted is None
+
+
+def test_commits_failing_batch_after_batch_halt_the_worker(worker, monkeypatch):
+    async def broken(consumer, offsets):
+        raise RuntimeError("no coordinator")
+
+    monkeypatch.setattr(worker_app.compat, "commit", broken)
+    for batch in range(worker_app.COMMIT_FAILURES_FATAL - 1):
+        asyncio.run(worker.commit({1}))
+        assert worker.health.halted is None and worker.health.live()
+    asyncio.run(worker.commit({1}))
+    assert worker.health.halted and "RuntimeError: no coordinator" in worker.health.halted
+    assert not worker.health.live()
+    status = worker.health.status()
+    assert status["halted"] == worker.health.halted and status["commit_failures_in_a_row"] == 3
+    assert status["counters"]["commit_failures"] == 3
