@@ -103,6 +103,10 @@ class Worker:
             broker_rebalance_timeout=5.0, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
             web_port=settings.web_port, web_bind="0.0.0.0", web_in_thread=False,
             producer_acks=-1,
+            # images.in events Faust buffers ahead of the agent: the memory bound under overload (it
+            # pauses fetching at 80% full). At least ~2 s of work: when every partition is paused
+            # Faust sleeps a whole second. The default, 4096, is 4 GiB of records at Kafka's 1 MB limit.
+            stream_buffer_maxsize=1024,
             broker_credentials=faust_credentials(settings),  # CASED_KAFKA_*: SASL/TLS, None for PLAINTEXT
         )
         return cls(settings, app, loading, telemetry or Telemetry.from_env(), WorkerHealth())
@@ -156,10 +160,14 @@ class Worker:
                 await self.answer(batch)
 
     async def answer(self, consumed: list[Consumed]) -> None:
-        """Process records, each partition's in offset order, deliver their records, commit."""
-        if not consumed:
-            return
+        """Answer records, each partition's in offset order, in batches of at most `batch_size` (a
+        read-back can bring back thousands at once)."""
         consumed = sorted(consumed, key=lambda c: (c.partition, c.offset))
+        for start in range(0, len(consumed), self.settings.batch_size):
+            await self.answer_batch(consumed[start:start + self.settings.batch_size])
+
+    async def answer_batch(self, consumed: list[Consumed]) -> None:
+        """Process records, deliver their records, commit."""
         self.health.batch_started(len(consumed))
         trace = self.telemetry.batch(consumed)
         pipeline = await asyncio.wrap_future(self.pipeline)

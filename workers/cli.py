@@ -168,6 +168,20 @@ def cmd_bench_stream(args) -> None:
     _report(figures, args)
 
 
+def cmd_bench_overload(args) -> None:
+    from workers.bench import bench_overload
+
+    worker_env = {}
+    for pair in args.worker_env or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CliError(f"--worker-env {pair!r}: expected NAME=VALUE, e.g. STREAM_BUFFER_MAXSIZE=64")
+        worker_env[name] = value
+    figures = bench_overload(model_name=args.model, batch_size=args.batch_size, duration_s=args.duration_s,
+                             factor=args.factor, work_dir=Path(args.work_dir), worker_env=worker_env)
+    _report(figures, args)
+
+
 def cmd_tiny_build(args) -> None:
     from workers.tiny import build_tiny
 
@@ -343,6 +357,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=384, help="events in the saturated run")
     p.add_argument("--latency-events", type=int, default=150, help="events in the half-rate latency run")
     p.set_defaults(func=cmd_bench_stream)
+    p = _bench_parser(bench, "overload", "embedded broker + one worker published to faster than it sustains: "
+                      "memory, lag, drain, nothing lost")
+    p.set_defaults(model="tiny", batch_size=16)
+    p.add_argument("--duration-s", type=float, default=180.0, help="how long the burst lasts")
+    p.add_argument("--factor", type=float, default=3.0, help="the burst's rate over the sustained rate")
+    p.add_argument("--worker-env", action="append", metavar="NAME=VALUE",
+                   help="added to the worker's environment, e.g. Faust's STREAM_BUFFER_MAXSIZE=64 (repeatable)")
+    p.set_defaults(func=cmd_bench_overload)
 
     p = commands.add_parser("worker", help="run one streaming worker against any Kafka cluster")
     _broker_args(p, settings)
