@@ -48,10 +48,11 @@ class ChangelogStore:
     """The worker's HistoryStore: entries in memory for the images.in partitions it owns, each backed
     by the changelog partition of the same number (a compacted topic), which it restores itself.
 
-    Not a Faust table: Faust's table recovery ends as soon as its consumer's fetch position reaches the
-    highwater, which drops records fetched but not yet applied (seen as a stream's state one write
-    behind after a rebalance), and its changelog partition comes from the key's murmur2 hash. Here a
-    partition is read to its end offset exactly, before any batch of its events is answered.
+    Not a Faust table: Faust's table recovery reads a changelog partition up to the ListOffsets end
+    offset, which the embedded broker reports per record batch, so after a rebalance a stream's state
+    came back one write behind; and its changelog partition comes from the key's murmur2 hash. Here a
+    partition is read to the high watermark of its fetch responses (workers.offsets.read_partition),
+    before any batch of its events is answered.
     """
 
     def __init__(self, topic: str, read: Callable[[int], Awaitable[list]],

@@ -74,7 +74,7 @@ class Pipeline:
 
         Args:
             values: images.in record values, each partition's in offset order.
-            histories: the stream histories (a Faust table in the worker), read and written in event
+            histories: the stream histories (a ChangelogStore in the worker), read and written in event
                 order, once per stream per batch.
             trace: gets the stages (workers.telemetry).
             partitions: the images.in partition of each value; a stream's history entries are
