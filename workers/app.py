@@ -258,7 +258,7 @@ class Worker:
         log.info("assigned %s partitions: %s", self.settings.images_topic, mine)
         self.health.assigned(mine)
         self.histories.assign(mine)  # restores the new partitions' histories; batches wait for them
-        compat.require_compatible(self.app.consumer)  # raising here crashes the app: refused, with why
+        compat.require_live(self.app.consumer)  # raising here crashes the app: refused, with why
         compat.track_seeks(self.app.consumer, self.settings.images_topic, self.frontier.reset)
         # Faust fixes its consumer's long-poll wait at 1.5 s; a broker that holds a fetch that long
         # even when records arrive (the embedded one does) adds it to every event's latency.

@@ -458,7 +458,7 @@ class _Publisher:
 
 
 def bench_overload(model_name: str = "tiny", batch_size: int = 16, duration_s: float = 180.0, factor: float = 3.0,
-                   work_dir: Path = Path("bench-results/work"), calibration_events: int | None = None,
+                   calibration_events: int | None = None,
                    frame_count: int = 48, drain_timeout_s: float | None = None,
                    worker_env: dict[str, str] | None = None) -> dict:
     """Embedded broker + one worker, published to at `factor` times the rate it sustains for `duration_s`:
@@ -467,7 +467,7 @@ def bench_overload(model_name: str = "tiny", batch_size: int = 16, duration_s: f
 
     `worker_env` is added to the worker's environment: e.g. Faust's own variables (STREAM_BUFFER_MAXSIZE,
     CONSUMER_MAX_FETCH_SIZE, BROKER_MAX_POLL_RECORDS override the app's keyword arguments) to compare
-    buffer settings. `work_dir` is unused (the tiny model and database ship with the package)."""
+    buffer settings."""
     import threading
 
     from workers.broker import EmbeddedBroker

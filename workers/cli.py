@@ -178,7 +178,7 @@ def cmd_bench_overload(args) -> None:
             raise CliError(f"--worker-env {pair!r}: expected NAME=VALUE, e.g. STREAM_BUFFER_MAXSIZE=64")
         worker_env[name] = value
     figures = bench_overload(model_name=args.model, batch_size=args.batch_size, duration_s=args.duration_s,
-                             factor=args.factor, work_dir=Path(args.work_dir), worker_env=worker_env)
+                             factor=args.factor, worker_env=worker_env)
     _report(figures, args)
 
 

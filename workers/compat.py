@@ -5,7 +5,7 @@ with the aiokafka client inside Faust's consumer thread, wraps Faust's seek to c
 reads Faust's committed offsets, and shortens the long-poll wait on aiokafka's fetcher. A release that renames or reshapes one
 of these fails silently (a renamed `_fetch_max_wait_ms` just stops applying), so each is listed here
 as data and checked: against the installed classes before the worker connects (`problems`,
-`require_compatible`), and on the live consumer once it has partitions (`check_live_consumer`). The
+`require_compatible`), and on the live consumer once it has partitions (`require_live`). The
 worker refuses to start rather than run without a guarantee. Every access to them is here too, next
 to its check (`commit`, `track_seeks`, `fetch_positions`, `set_fetch_wait`). pyproject pins both
 packages to the releases these were verified on; a new release needs these checks and the crash and
@@ -224,10 +224,19 @@ def installed() -> str:
     return " / ".join(f"{package} {version(package)}" for package in PACKAGES)
 
 
-def require_compatible(consumer=None) -> None:
-    """Raise IncompatibleDependency naming the versions and every problem; with `consumer` (Faust's,
-    started), check it too."""
-    found = problems() + (check_live_consumer(consumer) if consumer is not None else [])
+def require_compatible() -> None:
+    """Raise IncompatibleDependency naming the versions and every problem of the installed classes
+    (at start, before anything connects)."""
+    _refuse(problems())
+
+
+def require_live(consumer) -> None:
+    """Raise IncompatibleDependency for what only Faust's started consumer shows (at each assignment:
+    the class checks do not change while the process runs, so they are not repeated there)."""
+    _refuse(check_live_consumer(consumer))
+
+
+def _refuse(found: list[str]) -> None:
     if found:
         tested = " and ".join(f"{package} {version}" for package, version in TESTED.items())
         raise IncompatibleDependency(

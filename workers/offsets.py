@@ -10,6 +10,7 @@ the next offset it must answer, commits only that, and reads any skipped range i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -86,18 +87,27 @@ class Frontier:
         return dict(self._next)
 
 
-async def read_range(bootstrap: list[str], topic: str, gap: Gap, idle_s: float = 1.0,
-                     client_options: Mapping | None = None) -> list[Consumed]:
-    """Records [gap.start, gap.stop) of one partition, read directly (no group, no commits). Stops
-    early when the broker has nothing more for `idle_s`: a range may end past the last record."""
+@contextlib.asynccontextmanager
+async def _partition_reader(bootstrap: list[str], topic: str, partition: int, client_options: Mapping | None):
+    """A started aiokafka consumer assigned one partition (no group, no commits), always stopped."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    tp = TopicPartition(topic, gap.partition)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                                 fetch_max_wait_ms=50, **(client_options or {}))
     await consumer.start()
     try:
+        tp = TopicPartition(topic, partition)
         consumer.assign([tp])
+        yield consumer, tp
+    finally:
+        await asyncio.shield(consumer.stop())
+
+
+async def read_range(bootstrap: list[str], topic: str, gap: Gap, idle_s: float = 1.0,
+                     client_options: Mapping | None = None) -> list[Consumed]:
+    """Records [gap.start, gap.stop) of one partition, read directly (no group, no commits). Stops
+    early when the broker has nothing more for `idle_s`: a range may end past the last record."""
+    async with _partition_reader(bootstrap, topic, gap.partition, client_options) as (consumer, tp):
         consumer.seek(tp, gap.start)
         out: list[Consumed] = []
         while not out or out[-1].offset < gap.stop - 1:
@@ -110,8 +120,6 @@ async def read_range(bootstrap: list[str], topic: str, gap: Gap, idle_s: float =
             if records[-1].offset >= gap.stop - 1:
                 break
         return out
-    finally:
-        await asyncio.shield(consumer.stop())
 
 
 async def read_partition(bootstrap: list[str], topic: str, partition: int, timeout_s: float = 120.0,
@@ -120,14 +128,7 @@ async def read_partition(bootstrap: list[str], topic: str, partition: int, timeo
     responses report: exact, not ended by a pause. Not up to ListOffsets' end offset: the embedded
     broker reports one past the last record *batch* there (1 for a batch of 6 records), which is how
     Faust's table recovery lost the newest history writes. Raises TimeoutError past `timeout_s`."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    tp = TopicPartition(topic, partition)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                fetch_max_wait_ms=50, **(client_options or {}))
-    await consumer.start()
-    try:
-        consumer.assign([tp])
+    async with _partition_reader(bootstrap, topic, partition, client_options) as (consumer, tp):
         await consumer.seek_to_beginning(tp)
 
         async def to_end() -> list[Consumed]:
@@ -140,5 +141,3 @@ async def read_partition(bootstrap: list[str], topic: str, partition: int, timeo
                     return out
 
         return await asyncio.wait_for(to_end(), timeout_s)
-    finally:
-        await asyncio.shield(consumer.stop())
