@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -19,10 +20,12 @@ from faust.types import TP
 from topics import events as ev
 from workers import compat
 from workers.clients import bootstrap, ensure_topics
+from workers.costs import StageCosts
 from workers.fetch import Fetcher, FetchLimits
 from workers.health import WorkerHealth
 from workers.histories import ChangelogStore
 from workers.offsets import Consumed, Frontier, Gap, read_partition, read_range
+from workers.produce import Record, send_records
 from workers.security import aiokafka_options, faust_credentials, kafka_python_options
 from workers.settings import Settings
 from workers.telemetry import Telemetry
@@ -56,7 +59,7 @@ def fetch_limits(settings: Settings) -> FetchLimits:
         file_root=Path(settings.file_root) if settings.file_root else None)
 
 
-def build_pipeline(settings: Settings) -> Pipeline:
+def build_pipeline(settings: Settings, costs: StageCosts | None = None) -> Pipeline:
     """Load the model and database (the slow part of start-up) and wire the batch pipeline."""
     # Imported here, in the loading thread: torch and open_clip take seconds to import.
     from cased_core.classifier import Classifier, ClassifierConfig
@@ -74,7 +77,9 @@ def build_pipeline(settings: Settings) -> Pipeline:
     policy = HistoryPolicy(mode=settings.history_policy, margin=settings.history_margin,
                            patience=settings.history_patience)
     return Pipeline(classifier, Fetcher(fetch_limits(settings)), policy, load_lexicon(), database.name,
-                    image_limits=ImageLimits(max_pixels=settings.max_pixels))
+                    image_limits=ImageLimits(max_pixels=settings.max_pixels),
+                    decode_threads=settings.decode_threads or None, torch_threads=settings.torch_threads or None,
+                    costs=costs)
 
 
 class Worker:
@@ -90,9 +95,10 @@ class Worker:
         """A worker for `settings`; its model and database load in a thread while the consumer joins
         its group (both take seconds), unless a ready `pipeline` is given."""
         loading: Future = Future()
+        costs = pipeline.costs if pipeline is not None else StageCosts()
         if pipeline is None:
             loader = ThreadPoolExecutor(1, thread_name_prefix="load")
-            loading = loader.submit(build_pipeline, settings)
+            loading = loader.submit(build_pipeline, settings, costs)
             loader.shutdown(wait=False)
         else:
             loading.set_result(pipeline)
@@ -109,7 +115,7 @@ class Worker:
             stream_buffer_maxsize=1024,
             broker_credentials=faust_credentials(settings),  # CASED_KAFKA_*: SASL/TLS, None for PLAINTEXT
         )
-        return cls(settings, app, loading, telemetry or Telemetry.from_env(), WorkerHealth())
+        return cls(settings, app, loading, telemetry or Telemetry.from_env(), WorkerHealth(costs=costs))
 
     def __init__(self, settings: Settings, app: WorkerApp, pipeline: Future, telemetry: Telemetry,
                  health: WorkerHealth):
@@ -127,14 +133,16 @@ class Worker:
             changelog.get_topic_name(),
             read=lambda p: read_partition(bootstrap(settings.broker), changelog.get_topic_name(), p,
                                           client_options=aiokafka_options(settings)),
-            send=lambda p, key, value: changelog.send(key=key, value=value, partition=p))
+            send=lambda entries: send_records(app.producer, [Record(changelog.get_topic_name(), key, value, partition)
+                                                             for partition, key, value in entries]))
         self.frontier = Frontier()
-        self.answering = asyncio.Lock()  # one batch at a time: the agent, read-backs and revocations take turns
+        self.answering = asyncio.Lock()  # the agent, read-backs and revocations take turns
+        self._finishing: asyncio.Future | None = None  # the last batch taken, until answered and committed
         self._stalled: set = set()  # (partition, frontier) with fetched records waiting, seen at the last tick
         self._probed: set = set()  # gaps the broker had nothing for, not probed again while they stay the same
         # On SIGTERM: wait for the batch in flight (it delivers its records and commits), then keep the
         # lock, so no other starts; events delivered meanwhile stay uncommitted for the next owner.
-        app.drain = self.answering.acquire
+        app.drain = self._drain
         app.agent(self.images, concurrency=1, name="cased.classify")(self.take)
         app.timer(1.0, name="cased.skipped-tails")(self.answer_skipped_tails)
         app.task(self.load)
@@ -161,31 +169,54 @@ class Worker:
 
     async def answer(self, consumed: list[Consumed]) -> None:
         """Answer records, each partition's in offset order, in batches of at most `batch_size` (a
-        read-back can bring back thousands at once)."""
+        read-back can bring back thousands at once). Pipelined: a batch is prepared (fetched, decoded)
+        while the one before it is in the model, delivered and committed; the last one may still be
+        finishing on return (`settle` waits for it, and raises what it raised)."""
         consumed = sorted(consumed, key=lambda c: (c.partition, c.offset))
-        for start in range(0, len(consumed), self.settings.batch_size):
-            await self.answer_batch(consumed[start:start + self.settings.batch_size])
-
-    async def answer_batch(self, consumed: list[Consumed]) -> None:
-        """Process records, deliver their records, commit."""
-        self.health.batch_started(len(consumed))
-        trace = self.telemetry.batch(consumed)
         pipeline = await asyncio.wrap_future(self.pipeline)
-        await self.histories.ready({c.partition for c in consumed})
-        records = await pipeline.process([c.value for c in consumed], self.histories, trace,
-                                         [c.partition for c in consumed])
-        await self.deliver(records, trace)
+        for start in range(0, len(consumed), self.settings.batch_size):
+            chunk = consumed[start:start + self.settings.batch_size]
+            self.health.batch_started(len(chunk))
+            trace = self.telemetry.batch(chunk)
+            await self.histories.ready({c.partition for c in chunk})
+            try:
+                prepared = await pipeline.prepare([c.value for c in chunk], self.histories, trace,
+                                                  [c.partition for c in chunk])
+            finally:
+                await self.settle()  # at most two batches in the worker: one prepared, one finishing
+            self._finishing = asyncio.ensure_future(self.finish(pipeline, chunk, prepared))
+
+    async def finish(self, pipeline: Pipeline, consumed: list[Consumed], prepared) -> None:
+        """The model and histories, deliver the records, commit (after the batch before it finished)."""
+        try:
+            records = await pipeline.finish(prepared, self.histories)
+            await self.deliver(records, prepared.trace)
+        except BaseException:
+            self.frontier.forget_taken()  # answered again, by this worker or the next
+            raise
         self.health.batch_done(sum(r.topic == ev.LABELS_OUT for r in records), [r.reason for r in records if r.reason])
         self.frontier.advance([(c.partition, c.offset) for c in consumed])
         await self.commit({c.partition for c in consumed})
+
+    async def settle(self) -> None:
+        """Wait until every batch taken so far is answered and committed (raises what one raised)."""
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None:
+            await finishing
+
+    def finishing(self) -> bool:
+        return self._finishing is not None and not self._finishing.done()
 
     async def deliver(self, records: list[Output], trace) -> None:
         # History first: once the changelog holds a record, a re-delivered event replays it, so a
         # label is never emitted without its replay copy (duplicates stay identical).
         await self.histories.flush()
-        deliveries = [await self.outputs[r.topic].send(key=r.key, value=r.value,
-                                                       headers=trace.producing(i, self.outputs[r.topic].get_topic_name()))
-                      for i, r in enumerate(records)]
+        # Queuing does not wait once the topics' metadata is known, so its CPU time is its own.
+        with self.health.costs.measure("produce"):
+            topics = {name: topic.get_topic_name() for name, topic in self.outputs.items()}
+            deliveries = await send_records(self.app.producer, [
+                Record(topics[r.topic], r.key, r.value, headers=trace.producing(i, topics[r.topic]))
+                for i, r in enumerate(records)])
         await asyncio.gather(*deliveries)
         trace.done(records)
 
@@ -224,11 +255,15 @@ class Worker:
             found += records
         return found
 
+    async def _drain(self) -> None:
+        await self.answering.acquire()
+        await self.settle()
+
     async def answer_skipped_tails(self) -> None:
         """The timer: a skipped record with nothing after it never shows up in a batch; only the
         consumer's fetch position runs ahead of the frontier. A frontier that did not move for two idle
         ticks while fetched records wait rules out records still on their way through Faust's buffers."""
-        if self.answering.locked() or self.app.rebalancing or self.health.halted:
+        if self.answering.locked() or self.finishing() or self.app.rebalancing or self.health.halted:
             self._stalled.clear()
             self.health.backlog(False)  # a batch runs (or partitions move): judged by the batch's own time
             return
@@ -243,6 +278,7 @@ class Worker:
             if confirmed:
                 found = await self.read_back(confirmed)
                 await self.answer(found)
+                await self.settle()
                 self._probed.update(gap for gap in confirmed if not any(c.partition == gap.partition for c in found))
 
     # -- group membership and lifecycle --------------------------------------------------------------
@@ -251,7 +287,7 @@ class Worker:
         # Sent while the flow is stopped: let the batch in flight finish and commit before the
         # partitions move, so that no other worker answers its events too.
         async with self.answering:
-            pass
+            await self.settle()
 
     async def on_assigned(self, sender, assigned, **kwargs) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.images_topic)
@@ -300,6 +336,9 @@ def history_topic(settings: Settings) -> str:
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """`cased worker`: blocks until SIGTERM/SIGINT, then stops cleanly."""
     compat.require_compatible()  # before anything starts: the guarantees rest on these internals
+    # Before torch loads OpenMP: idle intra-op threads sleep instead of spinning. Spinning, they burned
+    # 1.5 ms of CPU per image (bench stream, tiny model, 640x480), the cores the decode threads need.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     worker = Worker.init(settings)
     # Created here, idempotently, rather than by Faust's declare, whose CreateTopics on an existing
     # topic lost records on the embedded broker.

@@ -160,25 +160,30 @@ def _report(figures: dict, args) -> None:
     print(f"figures written to {args.out}", file=sys.stderr)
 
 
-def cmd_bench_stream(args) -> None:
-    from workers.bench import bench_stream
+def _worker_env(pairs: list[str] | None) -> dict[str, str]:
+    env = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CliError(f"--worker-env {pair!r}: expected NAME=VALUE, e.g. CASED_DECODE_THREADS=2")
+        env[name] = value
+    return env
 
-    figures = bench_stream(model_name=args.model, batch_size=args.batch_size, images=args.images,
-                           latency_events=args.latency_events, work_dir=Path(args.work_dir))
+
+def cmd_bench_stream(args) -> None:
+    from workers.bench_stream import bench_stream
+
+    figures = bench_stream(model_name=args.model, batch_size=args.batch_size, events=args.events,
+                           repeats=args.repeats, sizes=tuple(args.sizes), source=args.source, device=args.device,
+                           worker_env=_worker_env(args.worker_env))
     _report(figures, args)
 
 
 def cmd_bench_overload(args) -> None:
-    from workers.bench import bench_overload
+    from workers.bench_overload import bench_overload
 
-    worker_env = {}
-    for pair in args.worker_env or []:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise CliError(f"--worker-env {pair!r}: expected NAME=VALUE, e.g. STREAM_BUFFER_MAXSIZE=64")
-        worker_env[name] = value
     figures = bench_overload(model_name=args.model, batch_size=args.batch_size, duration_s=args.duration_s,
-                             factor=args.factor, worker_env=worker_env)
+                             factor=args.factor, worker_env=_worker_env(args.worker_env))
     _report(figures, args)
 
 
@@ -353,9 +358,16 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=256, help="images timed for encode and classify")
     p.add_argument("--reference-images", type=int, default=8, help="images timed reference-style (slow)")
     p.set_defaults(func=cmd_bench_core)
-    p = _bench_parser(bench, "stream", "embedded broker + one worker: throughput and latency vs the encoder")
-    p.add_argument("--images", type=int, default=384, help="events in the saturated run")
-    p.add_argument("--latency-events", type=int, default=150, help="events in the half-rate latency run")
+    p = _bench_parser(bench, "stream", "embedded broker + one worker: images/s answered and worker CPU per "
+                      "image, by stage, for camera-sized frames")
+    p.set_defaults(model="tiny", batch_size=16)
+    p.add_argument("--device", default="cpu", help="the worker's device (cpu, cuda)")
+    p.add_argument("--events", type=int, default=3000, help="events per run")
+    p.add_argument("--repeats", type=int, default=3, help="runs per frame size (min / median / max)")
+    p.add_argument("--sizes", nargs="+", default=["640x480", "1920x1080"], metavar="WxH", help="frame sizes")
+    p.add_argument("--source", default="inline", choices=["inline", "s3"], help="frames inline or as s3:// uris")
+    p.add_argument("--worker-env", action="append", metavar="NAME=VALUE",
+                   help="added to the worker's environment, e.g. CASED_DECODE_THREADS=2 (repeatable)")
     p.set_defaults(func=cmd_bench_stream)
     p = _bench_parser(bench, "overload", "embedded broker + one worker published to faster than it sustains: "
                       "memory, lag, drain, nothing lost")

@@ -77,6 +77,9 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("aiokafka.consumer.consumer:AIOKafkaConsumer", "_fetcher", ATTRIBUTE,
              use="the client's fetcher, whose long-poll wait the worker sets",
              relied_on=(("aiokafka.consumer.consumer:AIOKafkaConsumer.start", r"self\._fetcher = Fetcher\("),)),
+    Internal("faust.transport.drivers.aiokafka:Producer", "_ensure_producer", METHOD,
+             use="the app's aiokafka producer, to which the worker hands a batch's records one batch per "
+                 "partition (`producer_client`)"),
     Internal("aiokafka.consumer.fetcher:Fetcher", "_fetch_max_wait_ms", ATTRIBUTE,
              use="set to CASED fetch_wait_ms on assignment: Faust hardcodes 1500 ms",
              # read (not assigned) where the fetch requests are built
@@ -261,6 +264,17 @@ async def commit(consumer, offsets: Mapping) -> None:
     await consumer._thread.call_thread(client.commit, {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(o, "")
                                                        for tp, o in offsets.items()})
     consumer._committed_offset.update(offsets)
+
+
+def producer_client(producer):
+    """The aiokafka producer inside Faust's (`app.producer`, started)."""
+    import aiokafka
+
+    client = producer._ensure_producer()
+    if not isinstance(client, aiokafka.AIOKafkaProducer):
+        _refuse([f"Producer._ensure_producer() (faust) is not an aiokafka.AIOKafkaProducer "
+                 f"(got {type(client).__name__})"])
+    return client
 
 
 def track_seeks(consumer, topic: str, reset: Callable[[dict[int, int]], Any]) -> None:

@@ -12,9 +12,9 @@ event again and dies again. So, before any pixel is decoded:
 
 then only the first frame is decoded, its EXIF orientation applied, every mode mapped to 8-bit RGB, and
 an elongated image resized and centre-cropped here exactly as the model's preprocess would, from the
-part it keeps only, so that preprocessing costs about input_size^2 pixels whatever the shape. RGB images
-up to 2:1 come out exactly as `Image.open(...).convert("RGB")` made them before, so their labels do not
-change.
+part it keeps only, so that preprocessing costs about input_size^2 pixels whatever the shape. JPEGs are
+decoded at the smallest DCT scale that still covers the model's input (PIL's draft); other RGB images up
+to 2:1 come out exactly as `Image.open(...).convert("RGB")` makes them.
 
 What else bounds the header parsers, given the fetch's byte limit (20 MiB by default):
 - PNG text chunks: a compressed one inflates to at most PngImagePlugin.MAX_TEXT_CHUNK (1 MiB) and all
@@ -110,30 +110,6 @@ class ImageLimits:
             raise ValueError(f"invalid image limits: {self}")
 
 
-def input_size_of(preprocess) -> int | None:
-    """The side S of the model's input when `preprocess` resizes the shortest side to S (bicubic) and
-    then centre-crops S x S: open_clip's default ('shortest') layout, the only one whose cost grows
-    with the aspect ratio, and the one decode_image reproduces for elongated images. None for any other
-    layout (open_clip's 'longest' and 'squash' modes resize the whole image to at most S x S anyway),
-    and then decode_image must be given None.
-
-    Read from the transform rather than from `model.visual.image_size`, which does not say how the
-    image is resized and cropped.
-    """
-    from torchvision import transforms as T
-
-    steps = list(getattr(preprocess, "transforms", ()))
-    for resize, crop in zip(steps, steps[1:]):
-        # Exact types: open_clip's ResizeKeepRatio and CenterCropOrPad compute other sizes.
-        if (type(resize) is not T.Resize or type(crop) is not T.CenterCrop or resize.max_size is not None
-                or resize.interpolation != T.InterpolationMode.BICUBIC):
-            continue
-        size = resize.size if isinstance(resize.size, int) else resize.size[0] if len(resize.size) == 1 else None
-        if size is not None and tuple(crop.size) == (size, size):
-            return size
-    return None
-
-
 def decode_image(data: bytes, limits: ImageLimits, input_size: int | None) -> Image.Image:
     """Bytes -> an 8-bit RGB image, the first frame of an animation or multi-page file, shown upright.
 
@@ -143,8 +119,10 @@ def decode_image(data: bytes, limits: ImageLimits, input_size: int | None) -> Im
     Args:
         data: the encoded image (PNG, JPEG, GIF, WebP, TIFF, BMP, AVIF; see FORMATS).
         limits: the pixel count, aspect ratio and short side accepted.
-        input_size: input_size_of(model.preprocess). When set, an image longer than
-            REDUCE_ABOVE_ASPECT:1 comes back as the input_size x input_size image the preprocess's
+        input_size: the side of the model's square input when its preprocess resizes the shortest
+            side and centre-crops (cased_core.preprocess.TensorPreprocess.of(...).size). When set, a
+            JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still covers input_size, and an image
+            longer than REDUCE_ABOVE_ASPECT:1 comes back as the input_size x input_size image the preprocess's
             Resize and CenterCrop would make of it (up to the rounding of PIL's filter weights: under
             0.1% of samples differ, by one or two levels of 255), which the preprocess then leaves as it
             is. None returns every shape whole.
@@ -159,6 +137,11 @@ def decode_image(data: bytes, limits: ImageLimits, input_size: int | None) -> Im
         _check_container(data)
         image = Image.open(io.BytesIO(data), formats=FORMATS)
         _check_size(image.size, limits)
+        if input_size and image.format in ("JPEG", "MPO"):
+            # DCT scaling: decode at 1/2, 1/4 or 1/8 of the size, the smallest that still covers the
+            # model's input (a 640x480 frame becomes 80x60 for a 32 px model, 320x240 for 224 px),
+            # at a fraction of the cost of decoding every pixel and then resizing them away.
+            image.draft("RGB", (input_size, input_size))
         image.load()
         image = _to_rgb(_upright(image))
         return _resize_elongated(image, input_size) if input_size else image

@@ -182,9 +182,17 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
 
+    def inline(self, event: ImageEvent) -> bytes | None:
+        """The event's inline image (None for a uri event), without a trip through the event loop.
+
+        Raises:
+            FetchError: too_large, past limits.max_bytes.
+        """
+        return None if event.image is None else self._capped(event.image, "inline image")
+
     async def fetch(self, event: ImageEvent) -> bytes:
         if event.image is not None:
-            return self._capped(event.image, "inline image")
+            return self.inline(event)
         if not isinstance(event.uri, str):
             raise FetchError(UNSUPPORTED_SOURCE, "the event has neither a uri nor image bytes")
         scheme = _split(event.uri).scheme.lower()

@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+from workers.costs import StageCosts
+
 
 @dataclass
 class WorkerHealth:
@@ -15,7 +17,8 @@ class WorkerHealth:
     clock: Callable[[], float] = time.monotonic
     joined: bool = False  # the consumer joined its group (set on every assignment)
     partitions: list[int] = field(default_factory=list)
-    busy_since: float | None = None  # when the batch in flight started; None when idle
+    busy_since: float | None = None  # since when batches are in flight without one finishing; None: idle
+    in_flight: int = 0  # batches taken and not yet answered
     waiting_since: float | None = None  # since when fetched records wait unanswered while idle
     last_progress: float | None = None
     started: float = field(default_factory=time.monotonic)
@@ -24,6 +27,7 @@ class WorkerHealth:
     commit_failures: int = 0  # batches in a row whose commit failed
     last_commit_error: str | None = None
     halted: str | None = None  # why the worker stopped taking events; /live fails while set
+    costs: StageCosts = field(default_factory=StageCosts)  # CPU seconds per data-path stage
 
     def loaded(self, model: str, database: str) -> None:
         self.model, self.database = model, database
@@ -33,13 +37,16 @@ class WorkerHealth:
         self.partitions = partitions
 
     def batch_started(self, events: int) -> None:
-        self.busy_since = self.clock()
+        self.in_flight += 1
+        if self.busy_since is None:
+            self.busy_since = self.clock()
         self.counters["events_in"] += events
         self.counters["batches"] += 1
 
     def batch_done(self, labels: int, dead_letter_reasons: list[str]) -> None:
-        self.busy_since = None
+        self.in_flight = max(0, self.in_flight - 1)
         self.last_progress = self.clock()
+        self.busy_since = self.last_progress if self.in_flight else None
         self.counters["labels_out"] += labels
         self.dead_letters.update(dead_letter_reasons)
 
@@ -91,5 +98,5 @@ class WorkerHealth:
             "batch_in_flight_s": None if self.busy_since is None else round(now - self.busy_since, 1),
             "counters": dict(self.counters), "dead_letters": dict(self.dead_letters),
             "commit_failures_in_a_row": self.commit_failures, "last_commit_error": self.last_commit_error,
-            "halted": self.halted,
+            "halted": self.halted, "cpu_s_by_stage": self.costs.snapshot(),
         }

@@ -56,9 +56,10 @@ class ChangelogStore:
     """
 
     def __init__(self, topic: str, read: Callable[[int], Awaitable[list]],
-                 send: Callable[[int, bytes, bytes | None], Awaitable[Awaitable]]):
+                 send: Callable[[list[tuple[int, bytes, bytes | None]]], Awaitable[list[Awaitable]]]):
         """`read(partition)`: the changelog partition's records (with .key, .value), oldest first;
-        `send(partition, key, value)`: produce one changelog record, returning its delivery future."""
+        `send([(partition, key, value), ...])`: produce changelog records in order, returning the
+        futures of their deliveries."""
         self.topic, self._read, self._send = topic, read, send
         self._entries: dict[bytes, bytes] = {}
         self._partition_of: dict[bytes, int] = {}
@@ -107,8 +108,8 @@ class ChangelogStore:
     async def flush(self) -> None:
         """Produce the changelog records of every `put` so far and wait until the broker has them."""
         pending, self._pending = self._pending, []
-        deliveries = [await self._send(partition, key, value) for partition, key, value in pending]
-        await asyncio.gather(*deliveries)
+        if pending:
+            await asyncio.gather(*await self._send(pending))
 
 
 class MemoryStore(dict):

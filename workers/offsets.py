@@ -51,16 +51,20 @@ class Frontier:
 
     def __init__(self) -> None:
         self._next: dict[int, int] = {}
+        self._taken: dict[int, int] = {}  # past the records handed to a batch still being answered
 
     def reset(self, offsets: Mapping[int, int]) -> None:
         """Start over from the broker's truth (committed offsets, or the earliest for partitions with
         none), e.g. after an assignment: another worker may have moved a partition on meanwhile."""
         self._next = dict(offsets)
+        self._taken = {}
 
     def plan(self, positions: Sequence[tuple[int, int]]) -> Plan:
-        """What to do with delivered (partition, offset) pairs: records below the frontier were answered
-        already (re-deliveries: dropped), records past it mean the ones in between were skipped."""
-        cursor = dict(self._next)
+        """What to do with delivered (partition, offset) pairs: records below the frontier, or taken by
+        a batch still being answered, are dropped (re-deliveries); records past it mean the ones in
+        between were skipped. The taken records count as taken from now on."""
+        cursor = {p: max(o, self._taken.get(p, o)) for p, o in self._next.items()}
+        cursor.update((p, o) for p, o in self._taken.items() if p not in cursor)
         take, gaps = [], []
         for i, (partition, offset) in enumerate(positions):
             expected = cursor.get(partition, offset)
@@ -70,12 +74,17 @@ class Frontier:
                 gaps.append(Gap(partition, expected, offset))
             take.append(i)
             cursor[partition] = offset + 1
+        self._taken = cursor
         return Plan(take, gaps)
 
     def advance(self, positions: Sequence[tuple[int, int]]) -> None:
         """Record that these offsets were answered (their records delivered by the broker)."""
         for partition, offset in positions:
             self._next[partition] = max(self._next.get(partition, 0), offset + 1)
+
+    def forget_taken(self) -> None:
+        """A batch failed before it was answered: its records count as not taken again."""
+        self._taken = {}
 
     def behind(self, fetched: Mapping[int, int]) -> list[Gap]:
         """Ranges the consumer fetched (`fetched`: its next fetch offset, per partition) that were never

@@ -1,18 +1,22 @@
 """One batch of images.in values -> labels.out and images.dlq records, independent of Faust.
 
-decode events -> fetch bytes (concurrent, bounded) -> decode + preprocess (thread pool) -> encode,
-search, score (the one inference thread that owns the model) -> apply each stream's history in event
-order -> records. Every input value yields exactly one record, whatever fails: a failure that belongs
-to one record becomes its `internal_error` dead letter, and a batch step that fails is retried on
-halves of the batch until the records that make it fail are alone.
+Two halves, so that the worker can prepare batch N+1 while batch N is in the model:
+- `prepare`: decode the events; fetch the bytes of uri events (concurrent, bounded); decode the images
+  in the decode threads, one call per thread per batch, JPEGs at the smallest DCT scale the model needs;
+- `finish`: resize, crop and normalise the batch as tensors, encode, search and score (in the one
+  inference thread that owns the model), then apply each stream's history in event order -> records.
+`process` is the two in a row. Every input value yields exactly one record, whatever fails: a failure
+that belongs to one record becomes its `internal_error` dead letter, and a model batch that fails is
+retried on halves of the batch until the records that make it fail are alone.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -21,13 +25,20 @@ import torch
 from cased_core import history
 from cased_core.classifier import Classifier, Prediction
 from cased_core.lexicon import Lexicon
+from cased_core.preprocess import TensorPreprocess
 from topics import events as ev
-from workers.decode import DecodeError, ImageLimits, decode_image, input_size_of
+from workers.costs import StageCosts
+from workers.decode import DecodeError, ImageLimits, decode_image
 from workers.fetch import FetchError, Fetcher
 from workers.histories import MAX_ANSWERS, BatchHistories, HistoryStore
 from workers.telemetry import NULL_TRACE, BatchTrace, NullTrace
 
 log = logging.getLogger("cased.worker")
+
+
+def default_decode_threads() -> int:
+    """One decode thread per CPU this process may run on (decoding releases the GIL)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -40,27 +51,51 @@ class Output:
 
 @dataclass
 class _Ready:
-    """An event whose image is preprocessed, waiting for the model."""
+    """An event whose image is decoded, waiting for the model."""
     index: int
     event: ev.ImageEvent
     value: bytes
-    pixels: torch.Tensor
-    extras: list[str]  # names the stream already used: extra candidates
+    pixels: torch.Tensor  # uint8 (H, W, 3) for the tensor preprocess; else the model's input (3, S, S)
+    extras: list[str] = field(default_factory=list)  # names the stream already used: extra candidates
+
+
+@dataclass
+class Prepared:
+    """A batch between `prepare` and `finish`."""
+    values: Sequence[bytes | None]
+    partitions: Sequence[int | None]
+    trace: BatchTrace | NullTrace
+    outputs: list[Output | None]  # records known already: invalid events, fetch and decode failures
+    events: dict[int, ev.ImageEvent]  # index -> event, each (stream, event id) once
+    copies: dict[int, int]  # index of an event published twice in the batch -> its first index
+    ready: list[_Ready]
 
 
 class Pipeline:
     def __init__(self, classifier: Classifier, fetcher: Fetcher, policy: history.HistoryPolicy,
                  lexicon: Lexicon, database_name: str, image_limits: ImageLimits = ImageLimits(),
-                 fetch_concurrency: int = 32, decode_threads: int = 2, same_concept_threshold: float = 0.9,
-                 answers: int = MAX_ANSWERS, clock: Callable[[], float] = time.time):
+                 fetch_concurrency: int = 32, decode_threads: int | None = None,
+                 same_concept_threshold: float = 0.9, answers: int = MAX_ANSWERS,
+                 clock: Callable[[], float] = time.time, costs: StageCosts | None = None,
+                 torch_threads: int | None = None):
         self.classifier, self.fetcher, self.policy, self.lexicon = classifier, fetcher, policy, lexicon
         self.database_name, self.image_limits, self.clock = database_name, image_limits, clock
         self.same_concept_threshold, self.answers = same_concept_threshold, answers
-        self.input_size = input_size_of(classifier.model.preprocess)
+        self.costs = costs or StageCosts()
+        # The model's transform as tensor operations; None for layouts it does not cover (then each
+        # image goes through the model's own transform in its decode thread).
+        self.tensor_preprocess = TensorPreprocess.of(classifier.model.preprocess)
+        self.input_size = self.tensor_preprocess.size if self.tensor_preprocess else None
+        self.decode_threads = decode_threads or default_decode_threads()
         self._fetch_slots = asyncio.Semaphore(fetch_concurrency)
-        self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
-        # One thread owns the model: torch runs there, never on the event loop.
-        self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+        # One thread owns the model: torch runs there, never on the event loop. Its intra-op thread count
+        # is set there (OpenMP keeps it per calling thread): by default 1 on a GPU, where the host side
+        # only launches kernels, and torch's own (one per CPU) on the CPU.
+        threads = torch_threads or (1 if classifier.model.device.type == "cuda" else None)
+        self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference",
+                                             initializer=torch.set_num_threads if threads else None,
+                                             initargs=(threads,) if threads else ())
 
     async def close(self) -> None:
         await self.fetcher.close()
@@ -70,7 +105,7 @@ class Pipeline:
     async def process(self, values: Sequence[bytes | None], histories: HistoryStore,
                       trace: BatchTrace | NullTrace = NULL_TRACE,
                       partitions: Sequence[int | None] | None = None) -> list[Output]:
-        """Records for `values` (in order, one each).
+        """Records for `values` (in order, one each): `prepare` then `finish`.
 
         Args:
             values: images.in record values, each partition's in offset order.
@@ -80,78 +115,159 @@ class Pipeline:
             partitions: the images.in partition of each value; a stream's history entries are
                 written to the changelog partition of the same number.
         """
-        partitions = partitions if partitions is not None else [None] * len(values)
-        batch = BatchHistories(histories, self.answers)
-        outputs: list[Output | None] = [None] * len(values)
-        events: dict[int, ev.ImageEvent] = {}
+        return await self.finish(await self.prepare(values, histories, trace, partitions), histories)
+
+    async def prepare(self, values: Sequence[bytes | None], histories: HistoryStore,
+                      trace: BatchTrace | NullTrace = NULL_TRACE,
+                      partitions: Sequence[int | None] | None = None) -> Prepared:
+        """Everything before the model that needs no other batch to be finished: `histories` is only
+        read, to skip the work for events answered already."""
+        batch = Prepared(values, partitions if partitions is not None else [None] * len(values), trace,
+                         [None] * len(values), {}, {}, [])
         first: dict[tuple[str, str], int] = {}  # an event published twice in one batch is answered once
-        copies: dict[int, int] = {}
-        for i, value in enumerate(values):
-            try:
-                with trace.stage("consume", i):
-                    event = ev.decode_image_event(value)
-            except ev.InvalidEvent as err:  # deterministic: a re-delivery gets the same dead letter
-                outputs[i] = self._dead(ev.INVALID_EVENT, err.detail, value, err.event_id, err.stream_id)
-                continue
-            key = (event.stream_id, event.event_id)
-            if key in first:
-                copies[i] = first[key]
-                continue
-            first[key] = i
-            try:
-                stored = batch.answered(event.stream_id, event.event_id)
-            except Exception as err:  # a history entry that cannot be read belongs to this stream only
-                outputs[i] = self._internal(err, value, event)
-                continue
-            trace.identify(i, event, replayed=stored is not None)
-            if stored is not None:  # a re-delivered event: the very same record again
-                topic, answer = stored
-                outputs[i] = Output(topic, event.stream_id.encode(), answer,
-                                    ev.decode_dead_letter(answer).reason if topic == ev.DEAD_LETTER else None)
-            else:
-                events[i] = event
-        prepared = await asyncio.gather(*(self._prepare(i, event, values[i], batch, trace)
-                                          for i, event in events.items()))
-        ready = []
-        for i, item in zip(events, prepared):
-            if isinstance(item, Output):
-                outputs[i] = item
-            else:
-                ready.append(item)
-        for item, prediction in zip(ready, await self._classify_isolating(ready, trace)):
-            if isinstance(prediction, Exception):
-                outputs[item.index] = self._internal(prediction, item.value, item.event)
-                continue
-            try:
-                with trace.stage("history", item.index):
-                    outputs[item.index] = self._label(item.event, prediction, batch)
-            except Exception as err:
-                outputs[item.index] = self._internal(err, item.value, item.event)
-        for i, event in events.items():  # labels and dead letters alike: a re-delivery gets the same
-            batch.answer(partitions[i], event.stream_id, event.event_id, outputs[i].topic, outputs[i].value)
-        batch.write_back()
-        for i, j in copies.items():
-            outputs[i] = outputs[j]
+        known = BatchHistories(histories, self.answers)
+        todo = []  # events to fetch and decode: not answered already
+        with self.costs.measure("consume"):
+            for i, value in enumerate(values):
+                try:
+                    with trace.stage("consume", i):
+                        event = ev.decode_image_event(value)
+                except ev.InvalidEvent as err:  # deterministic: a re-delivery gets the same dead letter
+                    batch.outputs[i] = self._dead(ev.INVALID_EVENT, err.detail, value, err.event_id, err.stream_id)
+                    continue
+                key = (event.stream_id, event.event_id)
+                if key in first:
+                    batch.copies[i] = first[key]
+                    continue
+                first[key] = i
+                batch.events[i] = event
+                try:
+                    answered = known.answered(event.stream_id, event.event_id) is not None
+                except Exception:  # an unreadable entry: `finish` reads it again and dead-letters the event
+                    answered = True
+                trace.identify(i, event, replayed=answered)
+                if not answered:
+                    todo.append(i)
+        data = await self._fetch_all(batch, todo)
+        await self._decode_all(batch, data)
+        return batch
+
+    async def finish(self, batch: Prepared, histories: HistoryStore) -> list[Output]:
+        """The model, then each stream's history in event order: the batch's records, in order. The
+        previous batch must be finished (its histories written) before this one starts."""
+        trace, outputs = batch.trace, batch.outputs
+        state = BatchHistories(histories, self.answers)
+        answered: dict[int, tuple[str, bytes]] = {}
+        unreadable = set()
+        with self.costs.measure("history"):
+            for i, event in batch.events.items():
+                try:
+                    stored = state.answered(event.stream_id, event.event_id)
+                except Exception as err:  # a history entry that cannot be read belongs to this stream only
+                    outputs[i] = self._internal(err, batch.values[i], event)
+                    unreadable.add(i)
+                    continue
+                if stored is not None:  # a re-delivered event: the very same record again
+                    answered[i] = stored
+            ready = [item for item in batch.ready if item.index not in answered and outputs[item.index] is None]
+            for item in ready:
+                item.extras = list((state.state(item.event.stream_id) or history.new_state())["names"])
+        predictions = await self._classify_isolating(ready, trace)
+        with self.costs.measure("history"):
+            for item, prediction in zip(ready, predictions):
+                if isinstance(prediction, Exception):
+                    outputs[item.index] = self._internal(prediction, item.value, item.event)
+                    continue
+                try:
+                    with trace.stage("history", item.index):
+                        outputs[item.index] = self._label(item.event, prediction, state)
+                except Exception as err:
+                    outputs[item.index] = self._internal(err, item.value, item.event)
+            for i, (topic, value) in answered.items():
+                outputs[i] = Output(topic, batch.events[i].stream_id.encode(), value,
+                                    ev.decode_dead_letter(value).reason if topic == ev.DEAD_LETTER else None)
+            for i, event in batch.events.items():  # labels and dead letters alike: a re-delivery gets the same
+                if i not in answered and i not in unreadable:
+                    state.answer(batch.partitions[i], event.stream_id, event.event_id, outputs[i].topic,
+                                 outputs[i].value)
+            state.write_back()
+            for i, j in batch.copies.items():
+                outputs[i] = outputs[j]
         return outputs  # type: ignore[return-value]
 
-    async def _prepare(self, i: int, event: ev.ImageEvent, value: bytes, batch: BatchHistories,
-                       trace: BatchTrace | NullTrace) -> _Ready | Output:
-        """Fetch, decode and preprocess one event's image; a failure becomes its dead letter."""
-        loop = asyncio.get_running_loop()
+    async def _fetch_all(self, batch: Prepared, todo: list[int]) -> dict[int, bytes]:
+        """The bytes of each event in `todo`: inline ones as they are, uri ones fetched concurrently. A
+        failure becomes the event's dead letter."""
+        data: dict[int, bytes] = {}
+        remote = []
+        with self.costs.measure("fetch"):
+            for i in todo:
+                event = batch.events[i]
+                try:
+                    with batch.trace.stage("fetch", i):
+                        inline = self.fetcher.inline(event)
+                except FetchError as err:
+                    batch.outputs[i] = self._dead(err.reason, err.detail, batch.values[i], event.event_id,
+                                                  event.stream_id)
+                    continue
+                if inline is None:
+                    remote.append(i)
+                else:
+                    data[i] = inline
+        if remote:
+            fetched = await asyncio.gather(*(self._fetch(batch, i) for i in remote))
+            data.update((i, d) for i, d in zip(remote, fetched) if d is not None)
+        return data
+
+    async def _fetch(self, batch: Prepared, i: int) -> bytes | None:
+        event = batch.events[i]
         try:
             async with self._fetch_slots:
-                with trace.stage("fetch", i):
-                    data = await self.fetcher.fetch(event)
-            with trace.stage("decode", i):
-                image = await loop.run_in_executor(self._decode_pool, decode_image, data, self.image_limits,
-                                                   self.input_size)
-                pixels = await loop.run_in_executor(self._decode_pool, self.classifier.model.preprocess, image)
-            state = batch.state(event.stream_id) or history.new_state()
-            return _Ready(i, event, value, pixels, list(state["names"]))
-        except (FetchError, DecodeError) as err:
-            return self._dead(err.reason, err.detail, value, event.event_id, event.stream_id)
+                with self.costs.measure("fetch"), batch.trace.stage("fetch", i):
+                    return await self.fetcher.fetch(event)
+        except FetchError as err:
+            batch.outputs[i] = self._dead(err.reason, err.detail, batch.values[i], event.event_id, event.stream_id)
         except Exception as err:
-            return self._internal(err, value, event)
+            batch.outputs[i] = self._internal(err, batch.values[i], event)
+        return None
+
+    async def _decode_all(self, batch: Prepared, data: dict[int, bytes]) -> None:
+        """Decode in the decode threads, one call per thread for the whole batch (a call per image costs
+        the event loop a wake-up per image)."""
+        items = list(data.items())
+        if not items:
+            return
+        loop = asyncio.get_running_loop()
+        chunks = [items[n::self.decode_threads] for n in range(min(self.decode_threads, len(items)))]
+        decoded = await asyncio.gather(*(loop.run_in_executor(self._decode_pool, self._decode_chunk, chunk,
+                                                               batch.trace) for chunk in chunks))
+        for i, result in sorted((pair for chunk in decoded for pair in chunk), key=lambda pair: pair[0]):
+            event = batch.events[i]
+            if isinstance(result, DecodeError):
+                batch.outputs[i] = self._dead(result.reason, result.detail, batch.values[i], event.event_id,
+                                              event.stream_id)
+            elif isinstance(result, Exception):
+                batch.outputs[i] = self._internal(result, batch.values[i], event)
+            else:
+                batch.ready.append(_Ready(i, event, batch.values[i], result))
+
+    def _decode_chunk(self, chunk: list[tuple[int, bytes]],
+                      trace: BatchTrace | NullTrace) -> list[tuple[int, torch.Tensor | Exception]]:
+        """In a decode thread: each image decoded to uint8 pixels (or, without a tensor preprocess, run
+        through the model's own transform); a failure is returned for its image alone."""
+        out: list[tuple[int, torch.Tensor | Exception]] = []
+        for i, data in chunk:
+            try:
+                with self.costs.measure("decode"), trace.stage("decode", i):
+                    image = decode_image(data, self.image_limits, self.input_size)
+                    if self.tensor_preprocess is not None:
+                        out.append((i, torch.from_numpy(np.array(image))))
+                        continue
+                with self.costs.measure("preprocess"):
+                    out.append((i, self.classifier.model.preprocess(image)))
+            except Exception as err:
+                out.append((i, err))
+        return out
 
     async def _classify_isolating(self, ready: list[_Ready], trace: BatchTrace | NullTrace) -> list:
         """Predictions for `ready`, in order; when the batch fails, its halves are tried apart, so an
@@ -173,12 +289,17 @@ class Pipeline:
     def _classify(self, ready: list[_Ready], trace: BatchTrace | NullTrace) -> list[Prediction]:
         # classify_embeddings in its two steps, so that search and scoring are timed apart
         members = [item.index for item in ready]
-        batch = torch.stack([item.pixels for item in ready])
-        with trace.batch_stage("encode", members):
-            embeddings = self.classifier.model.encode_pixels(batch)
-        with trace.batch_stage("search", members):
+        model = self.classifier.model
+        with self.costs.measure("preprocess"), trace.batch_stage("preprocess", members):
+            if self.tensor_preprocess is not None:
+                batch = self.tensor_preprocess([item.pixels for item in ready], model.device, model.dtype)
+            else:
+                batch = torch.stack([item.pixels for item in ready])
+        with self.costs.measure("encode"), trace.batch_stage("encode", members):
+            embeddings = model.encode_pixels(batch)
+        with self.costs.measure("search"), trace.batch_stage("search", members):
             hits = self.classifier.search(embeddings)
-        with trace.batch_stage("score", members):
+        with self.costs.measure("score"), trace.batch_stage("score", members):
             return self.classifier.score(embeddings, hits, [item.extras for item in ready])
 
     def same_concept(self, a: str, b: str) -> bool:

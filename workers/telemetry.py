@@ -16,7 +16,6 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from opentelemetry import propagate, trace
@@ -111,7 +110,7 @@ class Telemetry:
                                                  "images.dlq records delivered, by reason")
         self.stage_duration = meter.create_histogram(
             "cased.stage.duration", "s", "time in one stage: per event (consume, fetch, decode, history, "
-            "produce) or per batch (encode, search, score)", explicit_bucket_boundaries_advisory=SECONDS)
+            "produce) or per batch (preprocess, encode, search, score)", explicit_bucket_boundaries_advisory=SECONDS)
         self.batch_size = meter.create_histogram("cased.batch.size", "{event}", "events per batch",
                                                  explicit_bucket_boundaries_advisory=BATCH_SIZES)
         self.in_flight = meter.create_up_down_counter("cased.events.in_flight", "{event}",
@@ -151,9 +150,10 @@ class Telemetry:
         log.info("telemetry on: exporting %s over OTLP/HTTP", " and ".join(sorted(signals)))
         return cls(tracer_provider, meter_provider)
 
-    def batch(self, received: Sequence[Consumed]) -> "BatchTrace":
-        """Start one event span per record (counted in events.in and in_flight)."""
-        return BatchTrace(self, received)
+    def batch(self, received: Sequence[Consumed]) -> "BatchTrace | NullTrace":
+        """Start one event span per record (counted in events.in and in_flight); NULL_TRACE when
+        telemetry is off, so that every hook the data path calls costs one method call."""
+        return BatchTrace(self, received) if self._providers else NullTrace(received)
 
     @_guarded(fallback=trace.INVALID_SPAN)
     def start_publish(self, topic: str, event: ev.ImageEvent) -> Span:
@@ -205,7 +205,12 @@ OFF = Telemetry()
 
 
 class NullTrace:
-    """A BatchTrace that records nothing: what the pipeline gets when no one traces it."""
+    """A BatchTrace that records nothing: what the pipeline gets when telemetry is off. Each output
+    record carries its input record's trace-context headers unchanged (those the propagators read), so
+    that a trace goes on past a worker that does not record it."""
+
+    def __init__(self, received: Sequence[Consumed] = ()):
+        self.received = received
 
     def identify(self, i: int, event: ev.ImageEvent, replayed: bool = False) -> None:
         pass
@@ -217,7 +222,10 @@ class NullTrace:
         return contextlib.nullcontext()
 
     def producing(self, i: int, topic: str) -> Headers:
-        return ()
+        if i >= len(self.received):
+            return ()
+        fields = propagate.get_global_textmap().fields
+        return [(name, value) for name, value in self.received[i].headers.items() if name in fields]
 
     def done(self, outputs: Sequence[Any]) -> None:
         pass

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Future
+from types import SimpleNamespace
 
 import pytest
 
 from workers import app as worker_app
 from workers.app import Worker
+from workers.costs import StageCosts
 from workers.offsets import Frontier
 from workers.settings import Settings
 
@@ -15,8 +16,7 @@ from workers.settings import Settings
 @pytest.fixture
 def worker(monkeypatch):
     monkeypatch.setattr(worker_app, "COMMIT_BACKOFF_S", 0.0)
-    pipeline: Future = Future()
-    pipeline.set_result(None)  # the steps tested here never reach the model
+    pipeline = SimpleNamespace(costs=StageCosts())  # the steps tested here never reach the model
     built = Worker.init(Settings(broker="kafka://127.0.0.1:9"), pipeline=pipeline)
     built.frontier = Frontier()
     built.frontier.reset({0: 10, 1: 20})

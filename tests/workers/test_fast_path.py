@@ -1,0 +1,47 @@
+"""The worker's fast image path (JPEG DCT scaling, tensor preprocess) labels as the full-size path does:
+the same label on >= 99% of tiny-world camera frames and the real photos shipped in packages."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as photos
+from sklearn.datasets import load_sample_images
+
+from cased_core import tinyworld
+from cased_core.classifier import Classifier
+from cased_core.preprocess import TensorPreprocess
+from workers.decode import ImageLimits, decode_image
+
+SIZES = [(640, 480), (1920, 1080), (320, 240), (800, 600)]
+
+
+def jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[bytes]:
+    rng = np.random.default_rng(11)
+    images = [tinyworld.render(rng, size=128)[0].convert("RGB").resize(SIZES[i % 4], Image.BILINEAR)
+              for i in range(600)]
+    images += [Image.fromarray(getattr(photos, name)()).convert("RGB")
+               for name in ("astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "horse")]
+    images += [Image.fromarray(p) for p in load_sample_images().images]
+    return [jpeg(image) for image in images]
+
+
+def test_the_fast_path_gives_todays_labels(frames, tiny_model, tiny_database):
+    classifier = Classifier(tiny_model, tiny_database)
+    spec = TensorPreprocess.of(tiny_model.preprocess)
+    today = torch.stack([tiny_model.preprocess(Image.open(io.BytesIO(f)).convert("RGB")) for f in frames])
+    fast = spec([torch.from_numpy(np.array(decode_image(f, ImageLimits(), spec.size))) for f in frames])
+    before = [p.label for p in classifier.classify_pixels(today)]
+    after = [p.label for p in classifier.classify_pixels(fast)]
+    agreement = np.mean([a == b for a, b in zip(before, after)])
+    assert agreement >= 0.99, agreement

@@ -1,0 +1,183 @@
+"""`cased bench stream`: what one worker costs per image and how many images a second it answers.
+
+Each run: the embedded broker; camera-sized JPEG frames published to a topic of the run's own
+(inline, or as s3:// references to a local S3 endpoint), all of them before the worker starts, so the
+publisher never competes with it; then one worker process answers them. The measurement window opens
+once a tenth of the events are answered (start-up and first-call costs are outside it) and closes on
+the last answer. In the window:
+
+- the ceiling: events answered per second (wall time: the worker has the machine to itself, but the
+  machine is shared, so each figure is repeated and reported as min / median / max);
+- the worker's CPU per image: its process CPU time (every thread, from /proc) over the events
+  answered, and per stage from the worker's own accounting (/status `cpu_s_by_stage`, thread CPU
+  time); `other` is the process CPU no stage accounts for (Faust and aiokafka's consumer and producer
+  internals, the event loop, torch's intra-op threads);
+- beyond the encoder: the process CPU minus the encode stage's, both from the same window of the same
+  process, so it cannot come out negative or flatter the pipeline, whatever the neighbours do.
+
+Sizes are interleaved within each repetition (640x480, 1920x1080, 640x480, ...), so a slow hour on the
+shared machine hits every size alike.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from workers.benchkit import Answers, Publisher, camera_frames, proc_kb, say, spread
+
+SIZES = ("640x480", "1920x1080")
+SOURCES = ("inline", "s3")
+PARTITIONS = 4
+STREAMS = 8
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    return int(width), int(height)
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of every thread of process `pid` so far."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _status(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as response:
+        return json.load(response)
+
+
+def _one_run(broker_url: str, tag: str, size: str, frames: list[bytes], events: int, model_name: str,
+             batch_size: int, device: str, source: str, worker_env: dict[str, str]) -> dict:
+    """Publish `events` frames to the run's own topics, start one worker, measure it; stop it."""
+    from workers.broker import free_port
+    from workers.clients import ensure_topics, image_event
+    from workers.demo import local_s3, start_worker, stop_worker
+    from workers.settings import Settings
+
+    topics = {"CASED_IMAGES_TOPIC": f"{tag}.images.in", "CASED_LABELS_TOPIC": f"{tag}.labels.out",
+              "CASED_DEAD_LETTER_TOPIC": f"{tag}.images.dlq"}
+    ensure_topics(broker_url, list(topics.values()), PARTITIONS)
+    env = {**topics, "CASED_APP_ID": tag, "CASED_PARTITIONS": str(PARTITIONS), "CASED_BATCH_SIZE": str(batch_size),
+           "CASED_DEVICE": device, "CASED_WEB_PORT": str(free_port()), **worker_env}
+    server = None
+    if source == "s3":
+        server, s3_env, uris = local_s3(frames)
+        env.update(s3_env)
+        items = [image_event(f"cam-{i % STREAMS}", uris[i % len(uris)], event_id=f"{tag}-{i}")
+                 for i in range(events)]
+    else:
+        items = [image_event(f"cam-{i % STREAMS}", frames[i % len(frames)], event_id=f"{tag}-{i}")
+                 for i in range(events)]
+    publisher = Publisher(broker_url, topics["CASED_IMAGES_TOPIC"])
+    try:
+        ids = publisher.publish(items)
+    finally:
+        publisher.close()
+    answers = Answers(broker_url, [topics["CASED_LABELS_TOPIC"], topics["CASED_DEAD_LETTER_TOPIC"]]).start()
+    worker = start_worker(Settings(model=model_name), broker_url, env)
+    port = int(env["CASED_WEB_PORT"])
+    try:
+        def wait_until(count: int, timeout_s: float) -> None:
+            deadline = time.monotonic() + timeout_s
+            while answers.answered() < count:
+                if answers.error is not None:
+                    raise RuntimeError(f"reading the outputs failed: {answers.error!r}")
+                if worker.poll() is not None:
+                    raise RuntimeError(f"the worker exited with {worker.returncode}; see its output above")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{events - answers.answered()} of {events} events unanswered "
+                                       f"after {timeout_s:.0f}s")
+                time.sleep(0.01)
+
+        def snapshot() -> dict:
+            return {"t": time.monotonic(), "answered": answers.answered(), "cpu_s": _process_cpu_s(worker.pid),
+                    "stages": _status(port).get("cpu_s_by_stage", {})}
+
+        wait_until(max(events // 10, 4 * batch_size), 300)
+        first = snapshot()
+        wait_until(events, 900)
+        last = snapshot()
+        peak_rss_mb = (proc_kb(worker.pid, "VmHWM") or 0) / 1024
+        dead = dict(answers.dead)
+    finally:
+        stop_worker(worker)
+        answers.stop.set()
+        answers.thread.join(10)
+        if server is not None:
+            server.stop()
+    missing = answers.missing(ids)
+    if missing:
+        raise RuntimeError(f"{len(missing)} events were not answered")
+    images = last["answered"] - first["answered"]
+    stage_ms = {stage: 1000 * (last["stages"][stage] - first["stages"].get(stage, 0.0)) / images
+                for stage in last["stages"]}
+    cpu_ms = 1000 * (last["cpu_s"] - first["cpu_s"]) / images
+    return {"images": images, "images_per_s": images / (last["t"] - first["t"]), "cpu_ms_per_image": cpu_ms,
+            "beyond_encoder_ms": cpu_ms - stage_ms.get("encode", 0.0), "stage_ms": stage_ms,
+            "other_ms": cpu_ms - sum(stage_ms.values()), "peak_rss_mb": peak_rss_mb, "dead_letters": dead}
+
+
+def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3000, repeats: int = 3,
+                 sizes: tuple[str, ...] = SIZES, source: str = "inline", device: str = "cpu", frame_count: int = 48,
+                 worker_env: dict[str, str] | None = None) -> dict:
+    """The ceiling and the worker's CPU per image, by stage, for each frame size; see the module's doc.
+
+    Args:
+        model_name: the worker's model ('tiny': its 32 px encoder costs almost nothing, so the
+            figures are the worker's own cost).
+        batch_size: the worker's CASED_BATCH_SIZE.
+        events: events per run (a tenth of them warm the worker up before the window opens).
+        repeats: runs per size (at least 3 for min / median / max).
+        sizes: frame sizes, as WIDTHxHEIGHT.
+        source: 'inline' (the frame in the event) or 's3' (a local S3 endpoint serves the frames).
+        device: the worker's CASED_DEVICE.
+        frame_count: distinct frames per size (a camera's payloads differ).
+        worker_env: added to the worker's environment (e.g. CASED_DECODE_THREADS to compare).
+
+    Raises:
+        RuntimeError: a worker exited, or events went unanswered (the figures would be wrong).
+
+    Examples:
+        >>> figures = bench_stream(events=3000)  # doctest: +SKIP
+        >>> figures["sizes"]["640x480"]["images_per_s"]["median"]  # doctest: +SKIP
+    """
+    from workers.broker import EmbeddedBroker
+
+    if repeats < 1 or events < 10 * batch_size:
+        raise ValueError("bench stream needs repeats >= 1 and events >= 10 x batch_size")
+    say(f"rendering {frame_count} camera frames of each size ({', '.join(sizes)})")
+    frames = {size: camera_frames(frame_count, size=_size(size)) for size in sizes}
+    runs: dict[str, list[dict]] = {size: [] for size in sizes}
+    with EmbeddedBroker() as broker:
+        for repeat in range(repeats):
+            for size in sizes:
+                say(f"run {repeat + 1}/{repeats}, {size}: {events} {source} events, then one worker")
+                run = _one_run(broker.url, f"bench-{repeat}-{size}", size, frames[size], events, model_name,
+                               batch_size, device, source, dict(worker_env or {}))
+                say(f"  {run['images_per_s']:.1f} images/s, worker CPU {run['cpu_ms_per_image']:.2f} ms per image "
+                    f"({run['beyond_encoder_ms']:.2f} ms beyond the encoder), peak RSS {run['peak_rss_mb']:.0f} MB")
+                runs[size].append(run)
+    out = {"model": model_name, "device": device, "batch_size": batch_size, "source": source,
+           "events_per_run": events, "repeats": repeats, "partitions": PARTITIONS, "streams": STREAMS,
+           "worker_env": dict(worker_env or {}), "sizes": {}}
+    for size, done in runs.items():
+        stages = sorted({stage for run in done for stage in run["stage_ms"]})
+        out["sizes"][size] = {
+            "mean_frame_kb": round(float(np.mean([len(f) for f in frames[size]])) / 1024, 1),
+            "images_per_s": spread((r["images_per_s"] for r in done), 1),
+            "cpu_ms_per_image": spread((r["cpu_ms_per_image"] for r in done), 3),
+            "beyond_encoder_ms": spread((r["beyond_encoder_ms"] for r in done), 3),
+            "stage_ms_median": {stage: round(float(np.median([r["stage_ms"].get(stage, 0.0) for r in done])), 3)
+                                for stage in stages},
+            "other_ms": spread((r["other_ms"] for r in done), 3),
+            "peak_rss_mb": spread((r["peak_rss_mb"] for r in done), 0),
+            "dead_letters": [r["dead_letters"] for r in done],
+        }
+    return out
