@@ -16,6 +16,8 @@ from collections import Counter
 from functools import lru_cache
 from typing import Hashable, Iterable, Sequence, TypeVar
 
+import numpy as np
+
 from cased_core.lexicon import Lexicon
 
 BLACKLIST = frozenset({"image", "photo", "picture", "thumbnail", "logo", "symbol", "clipart", "portrait",
@@ -87,6 +89,30 @@ def select_candidates(term_lists: Iterable[Sequence[Term]], min_count: int = 2) 
         return []
     bar = min(min_count, max(counts.values()))
     return [term for term, count in counts.most_common() if count >= bar]
+
+
+def select_candidates_batch(rows: np.ndarray, terms: np.ndarray, count: int, min_count: int = 2) -> list[np.ndarray]:
+    """`select_candidates` for `count` images at once, over term ids: `terms[i]` is one occurrence of a
+    term in a kept caption of image `rows[i]`, each image's occurrences in caption order. Returns each
+    image's selected term ids, most frequent first, ties in order of first occurrence (as
+    Counter.most_common keeps them); empty for an image whose captions hold no term.
+
+    Examples:
+        >>> [a.tolist() for a in select_candidates_batch(np.array([0, 0, 0, 1]), np.array([7, 3, 7, 5]), 3)]
+        [[7], [5], []]
+    """
+    out = [terms[:0]] * count
+    if not len(terms):
+        return out
+    width = int(terms.max()) + 1
+    keys, first, counts = np.unique(rows.astype(np.int64) * width + terms, return_index=True, return_counts=True)
+    key_rows, key_terms = keys // width, keys % width
+    most = np.zeros(count, np.int64)
+    np.maximum.at(most, key_rows, counts)
+    kept = counts >= np.minimum(min_count, most)[key_rows]
+    order = np.lexsort((first[kept], -counts[kept], key_rows[kept]))
+    kept_rows, kept_terms = key_rows[kept][order], key_terms[kept][order].astype(terms.dtype)
+    return np.split(kept_terms, np.searchsorted(kept_rows, np.arange(1, count)))
 
 
 def extract_candidates(captions: Sequence[str], lexicon: Lexicon) -> list[str]:

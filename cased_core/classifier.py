@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from cased_core import scoring
-from cased_core.candidates import FALLBACK, extract_candidates, select_candidates
+from cased_core.candidates import FALLBACK, extract_candidates, select_candidates_batch
 from cased_core.database import Database, SearchHits, default_cache_dir
 from cased_core.lexicon import Lexicon, load_lexicon
 from cased_core.model import ClipModel
@@ -153,17 +153,44 @@ class Classifier:
         if self.mode == "closest-caption":
             return [Prediction(self.database.caption(int(ids[0])), float(scores[0]), ())
                     for scores, ids in zip(hits.scores, hits.ids)]
-        score = self._cased_reference if self.mode == "cased-reference" else self._cased
-        return [score(image, ids[ids >= 0], extra) for image, ids, extra in zip(images, hits.ids, extras)]
+        if self.mode == "cased-reference":
+            return [self._cased_reference(image, ids[ids >= 0], extra)
+                    for image, ids, extra in zip(images, hits.ids, extras)]
+        return self._cased(images, hits.ids, extras)
 
-    def _cased(self, image: np.ndarray, ids: np.ndarray, extra: Sequence[str]) -> Prediction:
-        caption_embeddings = self.database.caption_embeddings(ids)
-        kept = scoring.drop_near_duplicates(caption_embeddings, self.config.dedup_threshold)
-        term_ids = select_candidates(self.database.caption_term_ids(int(i)) for i in ids[kept])
-        names = [self.database.terms[t] for t in term_ids] or [FALLBACK]
-        names += [e for e in extra if e not in names]
-        caption_centroid = scoring.centroid(caption_embeddings[kept])
-        return self._score(image, caption_centroid, names, self.terms.embed(names))
+    def _cased(self, images: np.ndarray, ids: np.ndarray, extras: Sequence[Sequence[str]]) -> list[Prediction]:
+        """CaSED for a batch at once, on the database's precomputed embeddings: one gather of the
+        retrieved captions, their deduplication, the term counts, and the two softmaxes over candidate
+        lists padded to the longest (`_cased_reference` takes the reference's steps per image)."""
+        n, k = ids.shape
+        valid = ids >= 0
+        captions = self.database.caption_embeddings(np.where(valid, ids, 0).reshape(-1)).reshape(n, k, -1)
+        kept = scoring.keep_distinct(captions, valid, self.config.dedup_threshold)
+        centroids = scoring.normalise((scoring.normalise(captions) * kept[..., None]).sum(axis=1))
+        rows, cols = np.nonzero(kept)  # row-major: each image's kept captions in retrieval order
+        owners, terms = self.database.caption_terms_flat(ids[rows, cols])
+        selected = select_candidates_batch(rows[owners], terms, n)
+        names = [[self.database.terms[t] for t in term_ids] or [FALLBACK] for term_ids in selected]
+        for image_names, extra in zip(names, extras):
+            image_names += [e for e in extra if e not in image_names]
+        width = max(len(image_names) for image_names in names)
+        candidates = np.zeros((n, width, self.model.dim), np.float32)
+        present = np.zeros((n, width), bool)
+        for i, (image_names, term_ids) in enumerate(zip(names, selected)):
+            known = len(term_ids)  # rows of the database's term table; the rest (fallback, extras) embedded
+            candidates[i, :known] = self.terms.table[term_ids]
+            if len(image_names) > known:
+                candidates[i, known:len(image_names)] = self.terms.embed(image_names[known:])
+            present[i, :len(image_names)] = True
+        probabilities = scoring.cased_scores_batch(images, centroids, candidates, present, self.model.logit_scale,
+                                                   self.config.alpha)
+        out = []
+        for row, image_names in zip(probabilities, names):
+            row = row[:len(image_names)]
+            best = int(np.argmax(row))
+            out.append(Prediction(image_names[best], float(row[best]),
+                                  scoring.top_n(image_names, row, self.config.top_n), len(image_names)))
+        return out
 
     def _cased_reference(self, image: np.ndarray, ids: np.ndarray, extra: Sequence[str]) -> Prediction:
         captions = [self.database.caption(int(i)) for i in ids]

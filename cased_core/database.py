@@ -344,6 +344,15 @@ class Database:
     def caption_term_ids(self, i: int) -> np.ndarray:
         return np.asarray(self._term_ids[self._term_ptr[i]:self._term_ptr[i + 1]])
 
+    def caption_terms_flat(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The term ids of the captions `ids` (1-D), concatenated in order, and for each the index in
+        `ids` of the caption it came from."""
+        ids = np.asarray(ids, np.int64)
+        starts, lengths = self._term_ptr[ids], self._term_ptr[ids + 1] - self._term_ptr[ids]
+        owners = np.repeat(np.arange(len(ids)), lengths)
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return owners, np.asarray(self._term_ids[np.repeat(starts, lengths) + within])
+
     def search(self, queries: np.ndarray, k: int) -> SearchHits:
         """k nearest captions by inner product; approximate indexes re-rank REFINE * k hits exactly
         against the stored embeddings."""
@@ -352,15 +361,15 @@ class Database:
         scores, ids = self.index.search(queries, fetch)
         if not self.approximate:
             return SearchHits(scores, ids)
-        out_scores = np.full((len(queries), k), -np.inf, np.float32)
-        out_ids = np.full((len(queries), k), -1, np.int64)
-        for row, (query, hits) in enumerate(zip(queries, ids)):
-            hits = hits[hits >= 0]
-            exact = self.caption_embeddings(hits) @ query
-            order = np.argsort(-exact, kind="stable")[:k]
-            out_scores[row, :len(order)] = exact[order]
-            out_ids[row, :len(order)] = hits[order]
-        return SearchHits(out_scores, out_ids)
+        valid = ids >= 0  # re-ranked exactly against the stored embeddings, all rows at once
+        stored = self.caption_embeddings(np.where(valid, ids, 0).reshape(-1)).reshape(*ids.shape, -1)
+        exact = np.where(valid, np.einsum("nrd,nd->nr", stored, queries), -np.inf).astype(np.float32)
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        out_scores = np.take_along_axis(exact, order, axis=1)
+        out_ids = np.where(np.isfinite(out_scores), np.take_along_axis(ids, order, axis=1), -1)
+        short = k - out_ids.shape[1]  # a database of fewer than k captions
+        return SearchHits(np.pad(out_scores, ((0, 0), (0, short)), constant_values=-np.inf),
+                          np.pad(out_ids, ((0, 0), (0, short)), constant_values=-1))
 
 
 def default_cache_dir() -> Path:

@@ -22,6 +22,18 @@ def drop_near_duplicates(embeddings: np.ndarray, threshold: float = DEDUP_THRESH
     return np.asarray(kept, dtype=np.int64)
 
 
+def keep_distinct(embeddings: np.ndarray, valid: np.ndarray, threshold: float = DEDUP_THRESHOLD) -> np.ndarray:
+    """`drop_near_duplicates` for a batch: embeddings (n, k, d), valid (n, k) -> kept (n, k), a mask.
+    Row j of an image is kept when it is valid and its cosine to every kept row before it is under
+    `threshold`."""
+    similarity = embeddings @ embeddings.transpose(0, 2, 1)
+    kept = np.zeros(valid.shape, bool)
+    for j in range(valid.shape[1]):
+        duplicate = ((similarity[:, j, :j] >= threshold) & kept[:, :j]).any(axis=1)
+        kept[:, j] = valid[:, j] & ~duplicate
+    return kept
+
+
 def normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
@@ -38,6 +50,18 @@ def cased_scores(image: np.ndarray, caption_centroid: np.ndarray, candidates: np
     over this image's own candidates c (rows of `candidates`, L2-normalised)."""
     visual = softmax(logit_scale * (candidates @ image))
     textual = softmax(logit_scale * (candidates @ caption_centroid))
+    return alpha * visual + (1.0 - alpha) * textual
+
+
+def cased_scores_batch(images: np.ndarray, caption_centroids: np.ndarray, candidates: np.ndarray,
+                       present: np.ndarray, logit_scale: float, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+    """`cased_scores` for a batch padded to the longest candidate list: images and centroids (n, d),
+    candidates (n, c, d), present (n, c) marks the real ones. Padding gets probability 0."""
+    def masked_softmax(logits: np.ndarray) -> np.ndarray:
+        return softmax(np.where(present, logits, -np.inf))
+
+    visual = masked_softmax(logit_scale * np.einsum("ncd,nd->nc", candidates, images))
+    textual = masked_softmax(logit_scale * np.einsum("ncd,nd->nc", candidates, caption_centroids))
     return alpha * visual + (1.0 - alpha) * textual
 
 

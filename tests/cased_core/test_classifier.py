@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from cased_core import scoring
+from cased_core.candidates import FALLBACK, select_candidates
 from cased_core.classifier import Classifier, ClassifierConfig
 from cased_core.database import ModelMismatchError
 
@@ -65,3 +67,48 @@ def test_bad_configurations_are_refused(random_model, small_database, tiny_model
         Classifier(random_model, mode="vocabulary")
     with pytest.raises(ModelMismatchError):
         Classifier(tiny_model, small_database)
+
+
+def one_image_at_a_time(classifier: Classifier, image: np.ndarray, ids: np.ndarray, extra: list[str]):
+    """CaSED for one image with the per-image primitives, as the classifier computed it before the
+    batch was vectorised: (label, probability, candidate names)."""
+    database = classifier.database
+    ids = ids[ids >= 0]
+    embeddings = database.caption_embeddings(ids)
+    kept = scoring.drop_near_duplicates(embeddings, classifier.config.dedup_threshold)
+    names = [database.terms[t] for t in select_candidates(database.caption_term_ids(int(i)) for i in ids[kept])]
+    names = names or [FALLBACK]
+    names += [e for e in extra if e not in names]
+    probabilities = scoring.cased_scores(image, scoring.centroid(embeddings[kept]), classifier.terms.embed(names),
+                                         classifier.model.logit_scale, classifier.config.alpha)
+    best = int(np.argmax(probabilities))
+    return names[best], float(probabilities[best]), names
+
+
+def test_the_batch_computation_is_the_per_image_one(tiny_model, tiny_database):
+    """Retrieved from the tiny database for images and for caption texts (so that the near-duplicate
+    drop and the count bar both act), some with a stream's extra names, one with none retrieved."""
+    from cased_core import tinyworld
+
+    rng = np.random.default_rng(4)
+    classifier = Classifier(tiny_model, tiny_database, config=ClassifierConfig(top_n=50))
+    pixels = np.concatenate([tiny_model.encode_images([tinyworld.render(rng, size=64)[0] for _ in range(40)]),
+                             tiny_model.encode_texts([tiny_database.caption(int(i))
+                                                      for i in rng.choice(tiny_database.count, 24)])])
+    hits = classifier.search(pixels)
+    hits.ids[-1, :] = -1  # nothing retrieved: the fallback name alone
+    hits.ids[-2, 5:] = -1  # fewer than k
+    extras = [[] if i % 3 else ["lighthouse", "star", "zebra crossing"] for i in range(len(pixels))]
+    batch = classifier.score(pixels, hits, extras)
+    dropped = 0
+    for i, prediction in enumerate(batch[:-1]):
+        label, probability, names = one_image_at_a_time(classifier, pixels[i], hits.ids[i], extras[i])
+        assert prediction.label == label, i
+        assert prediction.score == pytest.approx(probability, abs=1e-5)
+        assert sorted(n for n, _ in prediction.candidates) == sorted(names) and prediction.considered == len(names)
+        dropped += len(scoring.drop_near_duplicates(tiny_database.caption_embeddings(hits.ids[i][hits.ids[i] >= 0]),
+                                                    classifier.config.dedup_threshold)) < (hits.ids[i] >= 0).sum()
+    assert dropped > 0  # the near-duplicate drop was exercised
+    # Nothing retrieved: no caption centroid (the per-image computation gave NaN), so the image alone
+    # ranks the fallback and the extras.
+    assert batch[-1].label in ("object", "lighthouse", "star", "zebra crossing") and 0 < batch[-1].score <= 1

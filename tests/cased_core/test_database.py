@@ -105,6 +105,7 @@ def test_approximate_index_is_built_and_reranked_exactly(tmp_path, monkeypatch, 
     assert (hits.ids[:, 0] == np.arange(20)).mean() >= 0.9  # the perturbed source is found first
     exact = np.einsum("ij,ij->i", loaded.caption_embeddings(hits.ids[:, 0]), queries)
     np.testing.assert_allclose(hits.scores[:, 0], exact, rtol=1e-5)  # scores are exact after re-ranking
+    assert (np.diff(hits.scores, axis=1) <= 0).all() and (hits.ids >= 0).all()  # best first, k each
 
 
 def test_s3_database_is_downloaded_once_and_verified(tmp_path, s3_server, small_database):
