@@ -76,10 +76,12 @@ def build_pipeline(settings: Settings, costs: StageCosts | None = None) -> Pipel
                                                                     top_n=settings.top_n))
     policy = HistoryPolicy(mode=settings.history_policy, margin=settings.history_margin,
                            patience=settings.history_patience)
-    return Pipeline(classifier, Fetcher(fetch_limits(settings)), policy, load_lexicon(), database.name,
-                    image_limits=ImageLimits(max_pixels=settings.max_pixels),
-                    decode_threads=settings.decode_threads or None, torch_threads=settings.torch_threads or None,
-                    costs=costs)
+    pipeline = Pipeline(classifier, Fetcher(fetch_limits(settings)), policy, load_lexicon(), database.name,
+                        image_limits=ImageLimits(max_pixels=settings.max_pixels),
+                        decode_threads=settings.decode_threads or None, torch_threads=settings.torch_threads or None,
+                        costs=costs)
+    pipeline.warm_up(settings.batch_size)
+    return pipeline
 
 
 class Worker:
@@ -309,7 +311,8 @@ class Worker:
             log.error("cannot load the model and database: %s", err)
             await self.app.crash(err)
             return
-        self.health.loaded(pipeline.classifier.model.identity, pipeline.database_name)
+        self.health.loaded(pipeline.classifier.model.identity, pipeline.database_name,
+                           {"decode": pipeline.decode_threads, "torch": pipeline.torch_threads})
 
     async def release(self, sender, **kwargs) -> None:
         # Sent after the consumer stopped: no batch can start any more.

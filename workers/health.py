@@ -28,9 +28,10 @@ class WorkerHealth:
     last_commit_error: str | None = None
     halted: str | None = None  # why the worker stopped taking events; /live fails while set
     costs: StageCosts = field(default_factory=StageCosts)  # CPU seconds per data-path stage
+    threads: dict = field(default_factory=dict)  # decode threads, torch intra-op threads
 
-    def loaded(self, model: str, database: str) -> None:
-        self.model, self.database = model, database
+    def loaded(self, model: str, database: str, threads: dict[str, int | None] | None = None) -> None:
+        self.model, self.database, self.threads = model, database, threads or {}
 
     def assigned(self, partitions: list[int]) -> None:
         self.joined = True
@@ -98,5 +99,5 @@ class WorkerHealth:
             "batch_in_flight_s": None if self.busy_since is None else round(now - self.busy_since, 1),
             "counters": dict(self.counters), "dead_letters": dict(self.dead_letters),
             "commit_failures_in_a_row": self.commit_failures, "last_commit_error": self.last_commit_error,
-            "halted": self.halted, "cpu_s_by_stage": self.costs.snapshot(),
+            "halted": self.halted, "threads": self.threads, "cpu_s_by_stage": self.costs.snapshot(),
         }

@@ -36,8 +36,15 @@ from workers.telemetry import NULL_TRACE, BatchTrace, NullTrace
 log = logging.getLogger("cased.worker")
 
 
-def default_decode_threads() -> int:
-    """One decode thread per CPU this process may run on (decoding releases the GIL)."""
+# Below this much CPU per image on one thread the encoder is cheaper than the worker's own work per image
+# (decode, Kafka, history: 1.5-4 ms for camera frames), so it never bounds the rate and more intra-op
+# threads only add hand-offs: 1.3-1.7 ms per image with the tiny model on two cores (bench stream).
+# Above it the encoder is the bound (ViT-B-32: ~80 ms per image on a CPU) and its threads do work.
+ENCODER_PARALLEL_MS = 2.0
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: the default count of decode threads (decoding releases the GIL)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
@@ -86,16 +93,45 @@ class Pipeline:
         # image goes through the model's own transform in its decode thread).
         self.tensor_preprocess = TensorPreprocess.of(classifier.model.preprocess)
         self.input_size = self.tensor_preprocess.size if self.tensor_preprocess else None
-        self.decode_threads = decode_threads or default_decode_threads()
+        self.decode_threads = decode_threads or usable_cpus()
         self._fetch_slots = asyncio.Semaphore(fetch_concurrency)
         self._decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
-        # One thread owns the model: torch runs there, never on the event loop. Its intra-op thread count
-        # is set there (OpenMP keeps it per calling thread): by default 1 on a GPU, where the host side
-        # only launches kernels, and torch's own (one per CPU) on the CPU.
-        threads = torch_threads or (1 if classifier.model.device.type == "cuda" else None)
-        self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference",
-                                             initializer=torch.set_num_threads if threads else None,
-                                             initargs=(threads,) if threads else ())
+        # One thread owns the model: torch runs there, never on the event loop.
+        self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.torch_threads = torch_threads  # None: chosen by `warm_up`
+        self.encoder_ms = None  # CPU ms per image of the image encoder on one thread, measured by `warm_up`
+
+    def warm_up(self, batch_size: int) -> None:
+        """Before the first event, in the inference thread: classify a batch of blank frames (first calls
+        allocate and pick kernels), and set torch's intra-op threads there (OpenMP keeps the count per
+        calling thread). Unless given: 1 on a GPU, whose host side only launches kernels; on the CPU, 1
+        when the encoder costs under ENCODER_PARALLEL_MS per image on one thread, one per CPU otherwise.
+        """
+        self._inference.submit(self._warm_up, max(1, batch_size)).result()
+
+    def _warm_up(self, batch_size: int) -> None:
+        model = self.classifier.model
+        torch.set_num_threads(1)
+        pixels = self._blank_batch(batch_size)
+        self.classifier.classify_pixels(pixels)
+        started = time.thread_time()
+        model.encode_pixels(pixels)
+        self.encoder_ms = 1000 * (time.thread_time() - started) / batch_size
+        if self.torch_threads is None:
+            cpu_bound = model.device.type == "cpu" and self.encoder_ms >= ENCODER_PARALLEL_MS
+            self.torch_threads = usable_cpus() if cpu_bound else 1
+        torch.set_num_threads(self.torch_threads)
+        log.info("image encoder: %.2f ms of CPU per image on one thread; torch intra-op threads: %d",
+                 self.encoder_ms, self.torch_threads)
+
+    def _blank_batch(self, batch_size: int) -> torch.Tensor:
+        from PIL import Image
+
+        frame = Image.new("RGB", (320, 240), (128, 128, 128))
+        if self.tensor_preprocess is None:
+            return torch.stack([self.classifier.model.preprocess(frame)] * batch_size)
+        model = self.classifier.model
+        return self.tensor_preprocess([torch.from_numpy(np.array(frame))] * batch_size, model.device, model.dtype)
 
     async def close(self) -> None:
         await self.fetcher.close()

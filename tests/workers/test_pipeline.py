@@ -166,3 +166,30 @@ def test_every_output_fits_a_kafka_record_whatever_the_producer_sends(tiny_model
     letter = ev.decode_dead_letter(outputs[0].value)
     assert letter.truncated and letter.payload_size == len(values[0]) and letter.payload == values[0][:len(letter.payload)]
     assert ev.decode_dead_letter(outputs[2].value).stream_id is None  # too long to echo
+
+
+def test_warm_up_gives_a_cheap_encoder_one_thread_and_a_cpu_bound_one_every_cpu(tiny_model, tiny_database, lexicon,
+                                                                                tmp_path):
+    import numpy as np
+
+    from cased_core.database import Database, build_from_embeddings
+    from cased_core.model import load_model
+    from workers.pipeline import ENCODER_PARALLEL_MS, usable_cpus
+
+    cheap = make_pipeline(tiny_model, tiny_database, lexicon)
+    cheap.warm_up(4)
+    assert 0 < cheap.encoder_ms < ENCODER_PARALLEL_MS and cheap.torch_threads == 1
+    vit = load_model("ViT-B-32", device="cpu")  # random init: the architecture's cost at 224 px
+    embeddings = np.random.default_rng(0).standard_normal((20, vit.dim)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    database = Database(build_from_embeddings([f"a star sticker {i}" for i in range(20)], embeddings, tmp_path / "db",
+                                              vit.identity, vit.encode_texts, lexicon, show_progress=False))
+    costly = make_pipeline(vit, database, lexicon)
+    costly.warm_up(2)
+    assert costly.encoder_ms >= ENCODER_PARALLEL_MS and costly.torch_threads == usable_cpus()
+    given = Pipeline(Classifier(tiny_model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
+                     tiny_database.name, torch_threads=3)
+    given.warm_up(2)
+    assert given.torch_threads == 3
+    for pipeline in (cheap, costly, given):
+        asyncio.run(pipeline.close())
