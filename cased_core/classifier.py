@@ -22,7 +22,8 @@ from PIL import Image
 
 from cased_core import scoring
 from cased_core.candidates import FALLBACK, extract_candidates, select_candidates_batch
-from cased_core.database import Database, SearchHits, default_cache_dir
+from cased_core.database import Database, default_cache_dir
+from cased_core.search import SearchHits
 from cased_core.lexicon import Lexicon, load_lexicon
 from cased_core.model import ClipModel
 

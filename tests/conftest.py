@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from cased_core import tinyworld
-from cased_core.database import build_database, load_database
+from cased_core.database_build import build_database
 from cased_core.lexicon import load_lexicon
 from cased_core.model import load_model
+from workers.databases import load_database
 from cased_core.train import TINY_MODEL_CFG, TINY_PREPROCESS_CFG
 from workers.broker import free_port
 

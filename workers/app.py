@@ -63,7 +63,7 @@ def build_pipeline(settings: Settings, costs: StageCosts | None = None) -> Pipel
     """Load the model and database (the slow part of start-up) and wire the batch pipeline."""
     # Imported here, in the loading thread: torch and open_clip take seconds to import.
     from cased_core.classifier import Classifier, ClassifierConfig
-    from cased_core.database import load_database
+    from workers.databases import load_database
     from cased_core.history import HistoryPolicy
     from cased_core.lexicon import load_lexicon
     from cased_core.model import load_model
@@ -72,6 +72,7 @@ def build_pipeline(settings: Settings, costs: StageCosts | None = None) -> Pipel
 
     model = load_model(settings.model, settings.pretrained, settings.device)
     database = load_database(settings.database, model.identity, settings.cache_dir)
+    database.use_search(settings.search, model.device, settings.search_memory_mb)
     classifier = Classifier(model, database, config=ClassifierConfig(k=settings.k, alpha=settings.alpha,
                                                                     top_n=settings.top_n))
     policy = HistoryPolicy(mode=settings.history_policy, margin=settings.history_margin,
@@ -312,7 +313,8 @@ class Worker:
             await self.app.crash(err)
             return
         self.health.loaded(pipeline.classifier.model.identity, pipeline.database_name,
-                           {"decode": pipeline.decode_threads, "torch": pipeline.torch_threads})
+                           {"decode": pipeline.decode_threads, "torch": pipeline.torch_threads},
+                           pipeline.classifier.database.searcher.name)
 
     async def release(self, sender, **kwargs) -> None:
         # Sent after the consumer stopped: no batch can start any more.

@@ -17,7 +17,8 @@ import torch
 
 from cased_core import tinyworld
 from cased_core.classifier import Classifier
-from cased_core.database import Database, build_from_embeddings, plan_index
+from cased_core.database import Database
+from cased_core.database_build import build_from_embeddings, plan_index
 from cased_core.lexicon import load_lexicon
 from cased_core.model import ClipModel, load_model
 from workers.benchkit import say
@@ -33,7 +34,13 @@ def bench_images(model: ClipModel, count: int, seed: int = 7) -> torch.Tensor:
     return torch.stack([model.preprocess(tinyworld.render(rng, size=128)[0]) for _ in range(count)])
 
 
-def _synthetic_database(model: ClipModel, entries: int, centres: np.ndarray, out: Path) -> Database:
+def synthetic_database(model: ClipModel, entries: int, images: torch.Tensor, out: Path,
+                       batch_size: int = 32) -> Database:
+    """The benchmark database at `out` (built once, then reused): `entries` synthetic captions whose
+    first topics are centred on `images` (preprocessed), so that each retrieves related captions."""
+    if (out / "manifest.json").is_file():
+        return Database(out)
+    centres = np.concatenate([model.encode_pixels(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
     rng = np.random.default_rng(0)
     singles = sorted(t for t in load_lexicon().terms if " " not in t and t.isalpha())
     vocabulary = np.array(rng.choice(singles, VOCABULARY, replace=False))
@@ -65,17 +72,14 @@ def _timed(fn, *args):
 
 def bench_core(model_name: str = "ViT-B-32", entries: int = 1_000_000, batch_size: int = 32, images: int = 256,
                reference_images: int = 8, work_dir: Path = Path("bench-results/work"),
-               device: str | None = None) -> dict:
+               device: str | None = None, search: str = "auto", search_memory_mb: float = 4096) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(model_name, None, device)
     say(f"model {model.identity} on {model.device}; rendering {images} images")
     pixels = bench_images(model, images)
-    db_dir = work_dir / f"db-{model.identity.replace('/', '_')}-{entries}-{images}"
-    if (db_dir / "manifest.json").is_file():
-        database = Database(db_dir)
-    else:
-        centres = np.concatenate([model.encode_pixels(pixels[i:i + batch_size]) for i in range(0, images, batch_size)])
-        database = _synthetic_database(model, entries, centres, db_dir)
+    database = synthetic_database(model, entries, pixels,
+                                  work_dir / f"db-{model.identity.replace('/', '_')}-{entries}-{images}", batch_size)
+    database.use_search(search, model.device, search_memory_mb)
     classifier = Classifier(model, database)
     reference = Classifier(model, database, mode="cased-reference")
     batches = [pixels[i:i + batch_size] for i in range(0, images, batch_size)]
@@ -103,7 +107,8 @@ def bench_core(model_name: str = "ViT-B-32", entries: int = 1_000_000, batch_siz
     return {
         "model": model.identity, "device": str(model.device), "batch_size": batch_size,
         "database_entries": database.count, "index": database.manifest["index"]["factory"],
-        "index_plan": plan_index(database.count, database.dim).factory, "images": images,
+        "index_plan": plan_index(database.count, database.dim).factory, "search": database.searcher.name,
+        "images": images,
         "encode_images_per_s": round(encode_rate, 2),
         "classify_images_per_s": round(classify_rate, 2),
         "classify_to_encode": round(classify_rate / encode_rate, 3),

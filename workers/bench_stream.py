@@ -53,6 +53,42 @@ def _status(port: int) -> dict:
         return json.load(response)
 
 
+def _database(model_name: str, device: str, entries: int, frames: list[bytes], work_dir: Path) -> str:
+    """'tiny' for the tiny model; for an open_clip architecture (random init: its cost is the
+    architecture's), a synthetic database of `entries` captions centred partly on the frames, built once
+    under `work_dir` (workers.bench.synthetic_database)."""
+    if model_name == "tiny":
+        return "tiny"
+    import io
+
+    import torch
+    from PIL import Image
+
+    from cased_core.model import load_model
+    from workers.bench import synthetic_database
+
+    model = load_model(model_name, None, device)
+    pixels = torch.stack([model.preprocess(Image.open(io.BytesIO(f)).convert("RGB")) for f in frames[:256]])
+    out = work_dir / f"db-{model.identity.replace('/', '_')}-{entries}-stream"
+    return str(synthetic_database(model, entries, pixels, out).path)
+
+
+class _GpuBusy:
+    """nvidia-smi's GPU utilisation, sampled every 200 ms from construction to `stop` (the mean, in %)."""
+
+    def __init__(self):
+        import subprocess
+
+        self.process = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                         "-lms", "200"], stdout=subprocess.PIPE, text=True)
+
+    def stop(self) -> float | None:
+        self.process.terminate()
+        output, _ = self.process.communicate(timeout=10)
+        samples = [float(line) for line in output.split() if line.strip().replace(".", "", 1).isdigit()]
+        return round(float(np.mean(samples)), 1) if samples else None
+
+
 def _one_run(broker_url: str, tag: str, size: str, frames: list[bytes], events: int, model_name: str,
              batch_size: int, device: str, source: str, worker_env: dict[str, str]) -> dict:
     """Publish `events` frames to the run's own topics, start one worker, measure it; stop it."""
@@ -101,9 +137,11 @@ def _one_run(broker_url: str, tag: str, size: str, frames: list[bytes], events: 
                     "stages": _status(port).get("cpu_s_by_stage", {})}
 
         wait_until(max(events // 10, 4 * batch_size), 300)
+        sampler = _GpuBusy() if device.startswith("cuda") else None
         first = snapshot()
         wait_until(events, 900)
         last = snapshot()
+        gpu_busy = sampler.stop() if sampler else None
         peak_rss_mb = (proc_kb(worker.pid, "VmHWM") or 0) / 1024
         dead = dict(answers.dead)
     finally:
@@ -121,12 +159,14 @@ def _one_run(broker_url: str, tag: str, size: str, frames: list[bytes], events: 
     cpu_ms = 1000 * (last["cpu_s"] - first["cpu_s"]) / images
     return {"images": images, "images_per_s": images / (last["t"] - first["t"]), "cpu_ms_per_image": cpu_ms,
             "beyond_encoder_ms": cpu_ms - stage_ms.get("encode", 0.0), "stage_ms": stage_ms,
-            "other_ms": cpu_ms - sum(stage_ms.values()), "peak_rss_mb": peak_rss_mb, "dead_letters": dead}
+            "other_ms": cpu_ms - sum(stage_ms.values()), "peak_rss_mb": peak_rss_mb, "dead_letters": dead,
+            "gpu_busy_percent": gpu_busy}
 
 
 def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3000, repeats: int = 3,
                  sizes: tuple[str, ...] = SIZES, source: str = "inline", device: str = "cpu", frame_count: int = 48,
-                 worker_env: dict[str, str] | None = None) -> dict:
+                 worker_env: dict[str, str] | None = None, entries: int = 1_000_000,
+                 work_dir: Path = Path("bench-results/work")) -> dict:
     """The ceiling and the worker's CPU per image, by stage, for each frame size; see the module's doc.
 
     Args:
@@ -140,6 +180,8 @@ def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3
         device: the worker's CASED_DEVICE.
         frame_count: distinct frames per size (a camera's payloads differ).
         worker_env: added to the worker's environment (e.g. CASED_DECODE_THREADS to compare).
+        entries: captions in the synthetic database of a model other than 'tiny'.
+        work_dir: where that database is kept between runs.
 
     Raises:
         RuntimeError: a worker exited, or events went unanswered (the figures would be wrong).
@@ -154,17 +196,19 @@ def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3
         raise ValueError("bench stream needs repeats >= 1 and events >= 10 x batch_size")
     say(f"rendering {frame_count} camera frames of each size ({', '.join(sizes)})")
     frames = {size: camera_frames(frame_count, size=_size(size)) for size in sizes}
+    database = _database(model_name, device, entries, [f for size in sizes for f in frames[size]], work_dir)
+    env = {"CASED_DATABASE": database, **(worker_env or {})}
     runs: dict[str, list[dict]] = {size: [] for size in sizes}
     with EmbeddedBroker() as broker:
         for repeat in range(repeats):
             for size in sizes:
                 say(f"run {repeat + 1}/{repeats}, {size}: {events} {source} events, then one worker")
                 run = _one_run(broker.url, f"bench-{repeat}-{size}", size, frames[size], events, model_name,
-                               batch_size, device, source, dict(worker_env or {}))
+                               batch_size, device, source, env)
                 say(f"  {run['images_per_s']:.1f} images/s, worker CPU {run['cpu_ms_per_image']:.2f} ms per image "
                     f"({run['beyond_encoder_ms']:.2f} ms beyond the encoder), peak RSS {run['peak_rss_mb']:.0f} MB")
                 runs[size].append(run)
-    out = {"model": model_name, "device": device, "batch_size": batch_size, "source": source,
+    out = {"model": model_name, "database": database, "device": device, "batch_size": batch_size, "source": source,
            "events_per_run": events, "repeats": repeats, "partitions": PARTITIONS, "streams": STREAMS,
            "worker_env": dict(worker_env or {}), "sizes": {}}
     for size, done in runs.items():
@@ -178,6 +222,7 @@ def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3
                                 for stage in stages},
             "other_ms": spread((r["other_ms"] for r in done), 3),
             "peak_rss_mb": spread((r["peak_rss_mb"] for r in done), 0),
+            "gpu_busy_percent": spread((r["gpu_busy_percent"] for r in done if r["gpu_busy_percent"] is not None), 1),
             "dead_letters": [r["dead_letters"] for r in done],
         }
     return out

@@ -35,7 +35,7 @@ def _load_model(args):
 
 
 def _load_database(args, model):
-    from cased_core.database import load_database
+    from workers.databases import load_database
 
     return load_database(args.database, model.identity, args.cache_dir)
 
@@ -94,7 +94,7 @@ def cmd_classify(args) -> None:
 
 
 def cmd_db_build(args) -> None:
-    from cased_core.database import build_database
+    from cased_core.database_build import build_database
     from cased_core.lexicon import load_lexicon
 
     model = _load_model(args)
@@ -104,7 +104,7 @@ def cmd_db_build(args) -> None:
 
 
 def cmd_db_import(args) -> None:
-    from cased_core.database import import_clip_retrieval
+    from cased_core.database_build import import_clip_retrieval
     from cased_core.lexicon import load_lexicon
 
     out = import_clip_retrieval(args.source, args.out, _load_model(args), load_lexicon(), args.caption_column)
@@ -112,7 +112,7 @@ def cmd_db_import(args) -> None:
 
 
 def cmd_db_info(args) -> None:
-    from cased_core.database import load_database
+    from workers.databases import load_database
 
     database = load_database(args.database, cache_dir=args.cache_dir)
     print(json.dumps({"path": str(database.path), "name": database.name, **database.manifest}, indent=2))
@@ -144,7 +144,7 @@ def cmd_bench_core(args) -> None:
 
     figures = bench_core(model_name=args.model, entries=args.entries, batch_size=args.batch_size,
                          images=args.images, reference_images=args.reference_images,
-                         work_dir=Path(args.work_dir), device=args.device)
+                         work_dir=Path(args.work_dir), device=args.device, search=args.search)
     _report(figures, args)
 
 
@@ -175,7 +175,7 @@ def cmd_bench_stream(args) -> None:
 
     figures = bench_stream(model_name=args.model, batch_size=args.batch_size, events=args.events,
                            repeats=args.repeats, sizes=tuple(args.sizes), source=args.source, device=args.device,
-                           worker_env=_worker_env(args.worker_env))
+                           worker_env=_worker_env(args.worker_env), entries=args.entries, work_dir=Path(args.work_dir))
     _report(figures, args)
 
 
@@ -357,6 +357,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--entries", type=int, default=1_000_000, help="database size")
     p.add_argument("--images", type=int, default=256, help="images timed for encode and classify")
     p.add_argument("--reference-images", type=int, default=8, help="images timed reference-style (slow)")
+    from cased_core.search import SEARCHES
+    p.add_argument("--search", default=settings.search, choices=SEARCHES,
+                   help="auto: exact on a GPU when the embeddings fit 4 GiB, else faiss [env CASED_SEARCH]")
     p.set_defaults(func=cmd_bench_core)
     p = _bench_parser(bench, "stream", "embedded broker + one worker: images/s answered and worker CPU per "
                       "image, by stage, for camera-sized frames")
@@ -366,6 +369,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="runs per frame size (min / median / max)")
     p.add_argument("--sizes", nargs="+", default=["640x480", "1920x1080"], metavar="WxH", help="frame sizes")
     p.add_argument("--source", default="inline", choices=["inline", "s3"], help="frames inline or as s3:// uris")
+    p.add_argument("--entries", type=int, default=1_000_000,
+                   help="captions in the synthetic database of a model other than tiny (built once)")
     p.add_argument("--worker-env", action="append", metavar="NAME=VALUE",
                    help="added to the worker's environment, e.g. CASED_DECODE_THREADS=2 (repeatable)")
     p.set_defaults(func=cmd_bench_stream)

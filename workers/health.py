@@ -29,9 +29,11 @@ class WorkerHealth:
     halted: str | None = None  # why the worker stopped taking events; /live fails while set
     costs: StageCosts = field(default_factory=StageCosts)  # CPU seconds per data-path stage
     threads: dict = field(default_factory=dict)  # decode threads, torch intra-op threads
+    search: str | None = None  # the caption search backend in use
 
-    def loaded(self, model: str, database: str, threads: dict[str, int | None] | None = None) -> None:
-        self.model, self.database, self.threads = model, database, threads or {}
+    def loaded(self, model: str, database: str, threads: dict[str, int | None] | None = None,
+               search: str | None = None) -> None:
+        self.model, self.database, self.threads, self.search = model, database, threads or {}, search
 
     def assigned(self, partitions: list[int]) -> None:
         self.joined = True
@@ -93,7 +95,8 @@ class WorkerHealth:
     def status(self) -> dict:
         now = self.clock()
         return {
-            "model": self.model, "database": self.database, "ready": self.ready(), "live": self.live(),
+            "model": self.model, "database": self.database, "search": self.search,
+            "ready": self.ready(), "live": self.live(),
             "partitions": self.partitions, "uptime_s": round(now - self.started, 1),
             "seconds_since_progress": None if self.last_progress is None else round(now - self.last_progress, 1),
             "batch_in_flight_s": None if self.busy_since is None else round(now - self.busy_since, 1),

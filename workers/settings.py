@@ -13,6 +13,8 @@ class Settings:
     device: str = "auto"  # auto: CUDA with fp16 when present, else CPU
     cache_dir: str | None = None  # where s3:// databases and vocabulary embeddings are cached
     k: int = 10
+    search: str = "auto"  # auto: exact on a GPU when the caption embeddings fit search_memory_mb, else faiss
+    search_memory_mb: int = 4096  # GPU memory the exact search may hold (fp16: 2 B x dim per caption)
     alpha: float = 0.7
     top_n: int = 5
     # Streaming worker

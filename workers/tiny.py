@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from cased_core import tinyworld
-from cased_core.database import build_database
+from cased_core.database_build import build_database
 from cased_core.lexicon import load_lexicon
 from cased_core.model import load_model
 from cased_core.train import TrainConfig, train_tiny

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cased_core import database as db
-from cased_core.database import (
-    Database, DatabaseError, ModelMismatchError, build_database, build_from_embeddings, import_clip_retrieval,
-    load_database, plan_index, read_captions,
-)
+from cased_core import database_build as db
+from cased_core.captions import read_captions
+from cased_core.database import Database, DatabaseError, ModelMismatchError
+from cased_core.database_build import build_database, build_from_embeddings, import_clip_retrieval, plan_index
+from workers.databases import load_database
 
 
 def test_read_captions_from_every_format(tmp_path):
@@ -74,13 +74,6 @@ def test_a_database_of_another_model_is_refused(small_database, tiny_model):
     assert small_database.model in str(err.value) and tiny_model.identity in str(err.value)
 
 
-def test_missing_and_foreign_folders_get_clear_errors(tmp_path):
-    with pytest.raises(DatabaseError, match="does not exist"):
-        load_database(tmp_path / "nope")
-    with pytest.raises(DatabaseError, match="no manifest.json"):
-        load_database(tmp_path)
-
-
 def test_plan_index_exact_when_small_ivf_pq_when_large():
     assert plan_index(10_000, 512).factory == "Flat"
     large = plan_index(1_000_000, 512)
@@ -98,7 +91,7 @@ def test_approximate_index_is_built_and_reranked_exactly(tmp_path, monkeypatch, 
     out = build_from_embeddings(captions, embeddings, tmp_path / "ivf", random_model.identity,
                                 random_model.encode_texts, lexicon, show_progress=False)
     loaded = Database(out)
-    assert loaded.manifest["index"]["factory"].startswith("IVF") and loaded.approximate
+    assert loaded.manifest["index"]["factory"].startswith("IVF") and loaded.searcher.approximate
     queries = embeddings[:20] + 0.05 * rng.standard_normal((20, random_model.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     hits = loaded.search(queries, 5)
@@ -106,25 +99,6 @@ def test_approximate_index_is_built_and_reranked_exactly(tmp_path, monkeypatch, 
     exact = np.einsum("ij,ij->i", loaded.caption_embeddings(hits.ids[:, 0]), queries)
     np.testing.assert_allclose(hits.scores[:, 0], exact, rtol=1e-5)  # scores are exact after re-ranking
     assert (np.diff(hits.scores, axis=1) <= 0).all() and (hits.ids >= 0).all()  # best first, k each
-
-
-def test_s3_database_is_downloaded_once_and_verified(tmp_path, s3_server, small_database):
-    s3_server.create_bucket(Bucket="models")
-    for path in small_database.path.iterdir():
-        s3_server.upload_file(str(path), "models", f"dbs/small/{path.name}")
-    cache = tmp_path / "cache"
-    loaded = load_database("s3://models/dbs/small", small_database.model, cache, s3_client=s3_server)
-    assert loaded.count == small_database.count and loaded.caption(0) == small_database.caption(0)
-    index_file = loaded.path / "index.faiss"
-    mtime = index_file.stat().st_mtime_ns
-    load_database("s3://models/dbs/small", small_database.model, cache, s3_client=s3_server)
-    assert index_file.stat().st_mtime_ns == mtime  # verified in the cache, not fetched again
-    # a corrupt upload is refused
-    s3_server.put_object(Bucket="models", Key="dbs/small/terms.txt", Body=b"tampered\n")
-    with pytest.raises(DatabaseError, match="checksum"):
-        load_database("s3://models/dbs/small", small_database.model, tmp_path / "cache2", s3_client=s3_server)
-    with pytest.raises(DatabaseError, match="manifest.json does not exist"):
-        load_database("s3://models/nothing/here", None, tmp_path / "cache3", s3_client=s3_server)
 
 
 def _write_clip_retrieval(folder, captions, embeddings):

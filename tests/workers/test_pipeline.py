@@ -172,7 +172,8 @@ def test_warm_up_gives_a_cheap_encoder_one_thread_and_a_cpu_bound_one_every_cpu(
                                                                                 tmp_path):
     import numpy as np
 
-    from cased_core.database import Database, build_from_embeddings
+    from cased_core.database import Database
+    from cased_core.database_build import build_from_embeddings
     from cased_core.model import load_model
     from workers.pipeline import ENCODER_PARALLEL_MS, usable_cpus
 

@@ -6,7 +6,6 @@ import signal
 import time
 
 import msgpack
-import pytest
 from PIL import Image
 
 from tests.workers.conftest import (
