@@ -52,9 +52,8 @@ class TensorPreprocess:
 
     def __call__(self, images: Sequence[torch.Tensor], device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """uint8 images, each (H, W, 3) (as numpy's view of a decoded image), any sizes -> the model's
-        input batch (n, 3, size, size) on `device`, in input order. Equal-sized images are resized in
-        one call."""
+        """uint8 images, each (3, H, W), any sizes, on the CPU or on `device` -> the model's input batch
+        (n, 3, size, size) on `device`, in input order. Equal-sized images are resized in one call."""
         out = torch.empty((len(images), 3, self.size, self.size), dtype=dtype, device=device)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):
@@ -62,11 +61,41 @@ class TensorPreprocess:
         pin = torch.device(device).type == "cuda"
         for shape, members in groups.items():
             batch = torch.stack([images[i] for i in members])
-            if pin:  # page-locked, so that the copy to the device overlaps other work
+            if pin and batch.device.type == "cpu":  # page-locked, so that the copy overlaps other work
                 batch = batch.pin_memory()
-            batch = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
+            batch = batch.to(device, non_blocking=True)
             resized = F.resize(batch, [self.size], interpolation=InterpolationMode.BICUBIC, antialias=True)
             cropped = F.center_crop(resized, [self.size, self.size])
             normalised = F.normalize(cropped.to(torch.float32).div_(255.0), mean=list(self.mean), std=list(self.std))
             out[members] = normalised.to(dtype)
         return out
+
+
+# EXIF orientation -> the tensor operation on (..., H, W) that shows the image upright (as PIL's
+# transpose in workers.decode does for the images it decodes).
+UPRIGHT = {
+    2: lambda x: x.flip(-1), 3: lambda x: x.flip(-1, -2), 4: lambda x: x.flip(-2),
+    5: lambda x: x.transpose(-1, -2), 6: lambda x: torch.rot90(x, -1, (-2, -1)),
+    7: lambda x: x.transpose(-1, -2).flip(-1, -2), 8: lambda x: torch.rot90(x, 1, (-2, -1)),
+}
+
+
+def decode_jpegs(encoded: Sequence[bytes], orientations: Sequence[int],
+                 device: torch.device | str = "cpu") -> list[torch.Tensor | Exception]:
+    """JPEG bytes -> uint8 RGB images (3, H, W) on `device`, upright: all at once with torchvision
+    (nvJPEG on a GPU, libjpeg-turbo on the CPU); when the batch fails, one by one, so that a JPEG
+    that does not decode is the exception in its own place."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(e), dtype=torch.uint8) for e in encoded]
+    try:
+        decoded: list = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        decoded = []
+        for one in data:
+            try:
+                decoded.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError as err:
+                decoded.append(err)
+    return [UPRIGHT.get(o, lambda x: x)(image) if isinstance(image, torch.Tensor) else image
+            for image, o in zip(decoded, orientations)]

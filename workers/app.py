@@ -80,7 +80,7 @@ def build_pipeline(settings: Settings, costs: StageCosts | None = None) -> Pipel
     pipeline = Pipeline(classifier, Fetcher(fetch_limits(settings)), policy, load_lexicon(), database.name,
                         image_limits=ImageLimits(max_pixels=settings.max_pixels),
                         decode_threads=settings.decode_threads or None, torch_threads=settings.torch_threads or None,
-                        costs=costs)
+                        jpeg_decoder=settings.jpeg_decoder, costs=costs)
     pipeline.warm_up(settings.batch_size)
     return pipeline
 
@@ -312,9 +312,7 @@ class Worker:
             log.error("cannot load the model and database: %s", err)
             await self.app.crash(err)
             return
-        self.health.loaded(pipeline.classifier.model.identity, pipeline.database_name,
-                           {"decode": pipeline.decode_threads, "torch": pipeline.torch_threads},
-                           pipeline.classifier.database.searcher.name)
+        self.health.loaded(pipeline.classifier.model.identity, pipeline.database_name, pipeline.serving())
 
     async def release(self, sender, **kwargs) -> None:
         # Sent after the consumer stopped: no batch can start any more.

@@ -157,6 +157,41 @@ def decode_image(data: bytes, limits: ImageLimits, input_size: int | None) -> Im
         raise DecodeError(ev.NOT_AN_IMAGE, f"cannot decode the bytes as an image: {_one_line(err)}") from err
 
 
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A JPEG whose header passed every check, left encoded for a batched decoder (nvJPEG on a GPU)."""
+    data: bytes
+    orientation: int  # EXIF orientation, 1 when upright or unreadable
+
+
+def inspect_jpeg(data: bytes, limits: ImageLimits) -> EncodedJpeg | None:
+    """The checks `decode_image` makes before decoding, on a JPEG, without decoding it: an EncodedJpeg
+    when a batched tensor decoder can take it (an 8-bit YCbCr or greyscale JPEG, one frame, up to
+    REDUCE_ABOVE_ASPECT:1), None when it is not a JPEG or needs decode_image (CMYK, MPO, elongated).
+
+    Raises:
+        DecodeError: as decode_image, for what its header shows (size, aspect, container floods).
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        _check_container(data)
+        image = Image.open(io.BytesIO(data), formats=("JPEG",))
+        _check_size(image.size, limits)
+        if image.format != "JPEG" or image.mode not in ("RGB", "L") or \
+                max(image.size) > REDUCE_ABOVE_ASPECT * min(image.size):
+            return None
+        try:
+            orientation = image.getexif().get(ExifTags.Base.Orientation)
+        except _DECODER_ERRORS:
+            orientation = None
+        return EncodedJpeg(data, orientation if orientation in _UPRIGHT else 1)
+    except DecodeError:
+        raise
+    except (UnidentifiedImageError, *_DECODER_ERRORS):
+        return None  # decode_image says what is wrong with it
+
+
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= 300 else text[:297] + "..."

@@ -28,12 +28,11 @@ class WorkerHealth:
     last_commit_error: str | None = None
     halted: str | None = None  # why the worker stopped taking events; /live fails while set
     costs: StageCosts = field(default_factory=StageCosts)  # CPU seconds per data-path stage
-    threads: dict = field(default_factory=dict)  # decode threads, torch intra-op threads
-    search: str | None = None  # the caption search backend in use
+    serving: dict = field(default_factory=dict)  # search backend, threads, JPEG decoder
 
-    def loaded(self, model: str, database: str, threads: dict[str, int | None] | None = None,
-               search: str | None = None) -> None:
-        self.model, self.database, self.threads, self.search = model, database, threads or {}, search
+    def loaded(self, model: str, database: str, serving: dict | None = None) -> None:
+        """`serving`: how the model and database run (search backend, threads, JPEG decoder)."""
+        self.model, self.database, self.serving = model, database, serving or {}
 
     def assigned(self, partitions: list[int]) -> None:
         self.joined = True
@@ -95,12 +94,12 @@ class WorkerHealth:
     def status(self) -> dict:
         now = self.clock()
         return {
-            "model": self.model, "database": self.database, "search": self.search,
+            "model": self.model, "database": self.database, "serving": self.serving,
             "ready": self.ready(), "live": self.live(),
             "partitions": self.partitions, "uptime_s": round(now - self.started, 1),
             "seconds_since_progress": None if self.last_progress is None else round(now - self.last_progress, 1),
             "batch_in_flight_s": None if self.busy_since is None else round(now - self.busy_since, 1),
             "counters": dict(self.counters), "dead_letters": dict(self.dead_letters),
             "commit_failures_in_a_row": self.commit_failures, "last_commit_error": self.last_commit_error,
-            "halted": self.halted, "threads": self.threads, "cpu_s_by_stage": self.costs.snapshot(),
+            "halted": self.halted, "cpu_s_by_stage": self.costs.snapshot(),
         }

@@ -25,10 +25,10 @@ import torch
 from cased_core import history
 from cased_core.classifier import Classifier, Prediction
 from cased_core.lexicon import Lexicon
-from cased_core.preprocess import TensorPreprocess
+from cased_core.preprocess import TensorPreprocess, decode_jpegs
 from topics import events as ev
 from workers.costs import StageCosts
-from workers.decode import DecodeError, ImageLimits, decode_image
+from workers.decode import DecodeError, EncodedJpeg, ImageLimits, decode_image, inspect_jpeg
 from workers.fetch import FetchError, Fetcher
 from workers.histories import MAX_ANSWERS, BatchHistories, HistoryStore
 from workers.telemetry import NULL_TRACE, BatchTrace, NullTrace
@@ -41,6 +41,9 @@ log = logging.getLogger("cased.worker")
 # threads only add hand-offs: 1.3-1.7 ms per image with the tiny model on two cores (bench stream).
 # Above it the encoder is the bound (ViT-B-32: ~80 ms per image on a CPU) and its threads do work.
 ENCODER_PARALLEL_MS = 2.0
+
+
+JPEG_DECODERS = ("auto", "pil", "torchvision")
 
 
 def usable_cpus() -> int:
@@ -62,7 +65,9 @@ class _Ready:
     index: int
     event: ev.ImageEvent
     value: bytes
-    pixels: torch.Tensor  # uint8 (H, W, 3) for the tensor preprocess; else the model's input (3, S, S)
+    # uint8 (3, H, W) for the tensor preprocess, or a JPEG left for the batched decoder; without a tensor
+    # preprocess, the model's input (3, S, S)
+    pixels: torch.Tensor | EncodedJpeg
     extras: list[str] = field(default_factory=list)  # names the stream already used: extra candidates
 
 
@@ -84,7 +89,7 @@ class Pipeline:
                  fetch_concurrency: int = 32, decode_threads: int | None = None,
                  same_concept_threshold: float = 0.9, answers: int = MAX_ANSWERS,
                  clock: Callable[[], float] = time.time, costs: StageCosts | None = None,
-                 torch_threads: int | None = None):
+                 torch_threads: int | None = None, jpeg_decoder: str = "auto"):
         self.classifier, self.fetcher, self.policy, self.lexicon = classifier, fetcher, policy, lexicon
         self.database_name, self.image_limits, self.clock = database_name, image_limits, clock
         self.same_concept_threshold, self.answers = same_concept_threshold, answers
@@ -93,6 +98,12 @@ class Pipeline:
         # image goes through the model's own transform in its decode thread).
         self.tensor_preprocess = TensorPreprocess.of(classifier.model.preprocess)
         self.input_size = self.tensor_preprocess.size if self.tensor_preprocess else None
+        if jpeg_decoder not in JPEG_DECODERS:
+            raise ValueError(f"unknown JPEG decoder {jpeg_decoder!r}: choose one of {', '.join(JPEG_DECODERS)}")
+        # JPEGs decoded a batch at a time by torchvision on the model's device (nvJPEG on a GPU), or
+        # one by one by PIL in the decode threads at the DCT scale the model needs (faster on a CPU).
+        self.batched_jpeg = self.tensor_preprocess is not None and (
+            jpeg_decoder == "torchvision" or (jpeg_decoder == "auto" and classifier.model.device.type == "cuda"))
         self.decode_threads = decode_threads or usable_cpus()
         self._fetch_slots = asyncio.Semaphore(fetch_concurrency)
         self._decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
@@ -125,13 +136,31 @@ class Pipeline:
                  self.encoder_ms, self.torch_threads)
 
     def _blank_batch(self, batch_size: int) -> torch.Tensor:
+        """The model's input for a batch of grey frames, made the way events' frames are (the batched
+        JPEG decoder's first call is the slow one)."""
+        import io
+
         from PIL import Image
 
         frame = Image.new("RGB", (320, 240), (128, 128, 128))
         if self.tensor_preprocess is None:
             return torch.stack([self.classifier.model.preprocess(frame)] * batch_size)
         model = self.classifier.model
-        return self.tensor_preprocess([torch.from_numpy(np.array(frame))] * batch_size, model.device, model.dtype)
+        if self.batched_jpeg:
+            encoded = io.BytesIO()
+            frame.save(encoded, "JPEG")
+            images = decode_jpegs([encoded.getvalue()] * batch_size, [1] * batch_size, model.device)
+        else:
+            images = [torch.from_numpy(np.array(frame)).permute(2, 0, 1)] * batch_size
+        return self.tensor_preprocess(images, model.device, model.dtype)
+
+    def serving(self) -> dict:
+        """How this pipeline runs, for /status and benchmarks."""
+        model = self.classifier.model
+        return {"device": str(model.device), "search": self.classifier.database.searcher.name,
+                "jpeg_decoder": f"torchvision on {model.device}" if self.batched_jpeg else "pil",
+                "threads": {"decode": self.decode_threads, "torch": self.torch_threads},
+                "encoder_ms_per_image": None if self.encoder_ms is None else round(self.encoder_ms, 3)}
 
     async def close(self) -> None:
         await self.fetcher.close()
@@ -211,6 +240,10 @@ class Pipeline:
         predictions = await self._classify_isolating(ready, trace)
         with self.costs.measure("history"):
             for item, prediction in zip(ready, predictions):
+                if isinstance(prediction, DecodeError):
+                    outputs[item.index] = self._dead(prediction.reason, prediction.detail, item.value,
+                                                     item.event.event_id, item.event.stream_id)
+                    continue
                 if isinstance(prediction, Exception):
                     outputs[item.index] = self._internal(prediction, item.value, item.event)
                     continue
@@ -288,16 +321,21 @@ class Pipeline:
                 batch.ready.append(_Ready(i, event, batch.values[i], result))
 
     def _decode_chunk(self, chunk: list[tuple[int, bytes]],
-                      trace: BatchTrace | NullTrace) -> list[tuple[int, torch.Tensor | Exception]]:
-        """In a decode thread: each image decoded to uint8 pixels (or, without a tensor preprocess, run
-        through the model's own transform); a failure is returned for its image alone."""
-        out: list[tuple[int, torch.Tensor | Exception]] = []
+                      trace: BatchTrace | NullTrace) -> list[tuple[int, torch.Tensor | EncodedJpeg | Exception]]:
+        """In a decode thread: each image decoded to uint8 pixels (3, H, W), or only its header checked
+        when a batched decoder takes it, or, without a tensor preprocess, run through the model's own
+        transform; a failure is returned for its image alone."""
+        out: list[tuple[int, torch.Tensor | EncodedJpeg | Exception]] = []
         for i, data in chunk:
             try:
                 with self.costs.measure("decode"), trace.stage("decode", i):
+                    encoded = inspect_jpeg(data, self.image_limits) if self.batched_jpeg else None
+                    if encoded is not None:
+                        out.append((i, encoded))
+                        continue
                     image = decode_image(data, self.image_limits, self.input_size)
                     if self.tensor_preprocess is not None:
-                        out.append((i, torch.from_numpy(np.array(image))))
+                        out.append((i, torch.from_numpy(np.array(image)).permute(2, 0, 1)))
                         continue
                 with self.costs.measure("preprocess"):
                     out.append((i, self.classifier.model.preprocess(image)))
@@ -322,21 +360,43 @@ class Pipeline:
             return await self._classify_isolating(ready[:half], trace) + \
                 await self._classify_isolating(ready[half:], trace)
 
-    def _classify(self, ready: list[_Ready], trace: BatchTrace | NullTrace) -> list[Prediction]:
-        # classify_embeddings in its two steps, so that search and scoring are timed apart
-        members = [item.index for item in ready]
+    def _classify(self, ready: list[_Ready], trace: BatchTrace | NullTrace) -> list[Prediction | DecodeError]:
+        """Predictions for `ready`, in order; a JPEG the batched decoder cannot decode gets its
+        DecodeError in its place. Search and scoring are classify_embeddings's two steps, timed apart."""
         model = self.classifier.model
+        pixels = self._decode_jpegs(ready, trace)
+        kept = [k for k, p in enumerate(pixels) if not isinstance(p, DecodeError)]
+        members = [ready[k].index for k in kept]
+        out: list[Prediction | DecodeError] = list(pixels)
+        if not kept:
+            return out
         with self.costs.measure("preprocess"), trace.batch_stage("preprocess", members):
             if self.tensor_preprocess is not None:
-                batch = self.tensor_preprocess([item.pixels for item in ready], model.device, model.dtype)
+                batch = self.tensor_preprocess([pixels[k] for k in kept], model.device, model.dtype)
             else:
-                batch = torch.stack([item.pixels for item in ready])
+                batch = torch.stack([pixels[k] for k in kept])
         with self.costs.measure("encode"), trace.batch_stage("encode", members):
             embeddings = model.encode_pixels(batch)
         with self.costs.measure("search"), trace.batch_stage("search", members):
             hits = self.classifier.search(embeddings)
         with self.costs.measure("score"), trace.batch_stage("score", members):
-            return self.classifier.score(embeddings, hits, [item.extras for item in ready])
+            predictions = self.classifier.score(embeddings, hits, [ready[k].extras for k in kept])
+        for k, prediction in zip(kept, predictions):
+            out[k] = prediction
+        return out
+
+    def _decode_jpegs(self, ready: list[_Ready], trace: BatchTrace | NullTrace) -> list:
+        """Each item's pixels, the JPEGs left encoded decoded together on the model's device."""
+        pixels: list = [item.pixels for item in ready]
+        jpegs = [k for k, p in enumerate(pixels) if isinstance(p, EncodedJpeg)]
+        if jpegs:
+            with self.costs.measure("decode"), trace.batch_stage("decode", [ready[k].index for k in jpegs]):
+                decoded = decode_jpegs([pixels[k].data for k in jpegs], [pixels[k].orientation for k in jpegs],
+                                       self.classifier.model.device)
+            for k, image in zip(jpegs, decoded):
+                pixels[k] = image if isinstance(image, torch.Tensor) else DecodeError(
+                    ev.NOT_AN_IMAGE, f"cannot decode the bytes as an image: {' '.join(str(image).split())[:300]}")
+        return pixels
 
     def same_concept(self, a: str, b: str) -> bool:
         if a in self.lexicon and b in self.lexicon and self.lexicon.same_concept(a, b):

@@ -28,6 +28,7 @@ class Settings:
     fetch_wait_ms: int = 100  # longest a fetch waits at the broker for new images.in records
     max_wait_s: float = 0.05  # flush a partial batch after this long
     decode_threads: int = 0  # threads decoding images; 0: one per CPU the worker may run on
+    jpeg_decoder: str = "auto"  # auto: torchvision on a GPU (nvJPEG, batched), else pil; or pil, torchvision
     torch_threads: int = 0  # torch's intra-op threads; 0: 1, or one per CPU for a CPU-bound encoder
     history_policy: str = "live"  # default per-stream policy: live (smoothing) or upload (naming only)
     history_margin: float = 0.1

@@ -20,7 +20,8 @@ from sklearn.datasets import load_sample_images
 
 from tests.workers.images import BLUE, FIRST_FRAME_RED, RED, hostile_images
 from topics import events as ev
-from workers.decode import DecodeError, ImageLimits, decode_image
+from cased_core.preprocess import decode_jpegs
+from workers.decode import DecodeError, ImageLimits, decode_image, inspect_jpeg
 
 # workers.decode silences these at import, but pytest restores the warnings filters after collecting;
 # test_corpus_bounded_in_memory_and_time checks the module's own filters in a fresh process.
@@ -59,6 +60,31 @@ def test_corpus_outcomes(corpus):
             outcomes[name] = err.reason
             assert err.detail and "\n" not in err.detail and len(err.detail) <= 300, (name, err.detail)
     assert outcomes == {name: reason for name, (_, reason) in corpus.items()}
+
+
+def test_jpeg_headers_checked_for_the_batched_decoder_agree_with_decode_image(corpus):
+    """inspect_jpeg refuses what decode_image refuses from the header, hands over only plain JPEGs, and
+    what it hands over decodes with torchvision exactly when decode_image decodes it."""
+    handed = 0
+    for name, (data, reason) in corpus.items():
+        try:
+            encoded = inspect_jpeg(data, LIMITS)
+        except DecodeError as err:
+            assert err.reason == reason and reason != ev.NOT_AN_IMAGE, name
+            continue
+        if encoded is None:
+            continue
+        handed += 1
+        assert data.startswith(b"\xff\xd8"), name
+        [image] = decode_jpegs([encoded.data], [encoded.orientation])
+        assert isinstance(image, torch.Tensor) == (reason is None), (name, image)
+        if reason is None:
+            expected = decode_image(data, LIMITS, None)
+            assert (image.shape[2], image.shape[1]) == expected.size, name
+    assert handed >= 3  # the corpus holds plain, rotated and truncated JPEGs
+    for refused in (encode(Image.new("CMYK", (64, 64)), "JPEG"), encode(Image.new("RGB", (300, 100)), "JPEG"),
+                    encode(Image.new("RGB", (64, 64)), "PNG")):
+        assert inspect_jpeg(refused, LIMITS) is None  # CMYK, past 2:1, not a JPEG: decode_image's
 
 
 def test_first_frame_and_pixel_modes(corpus):
@@ -166,7 +192,8 @@ MEASURE = r"""
 import json, sys, time
 from pathlib import Path
 import open_clip
-from workers.decode import DecodeError, ImageLimits, decode_image
+from cased_core.preprocess import decode_jpegs
+from workers.decode import DecodeError, ImageLimits, decode_image, inspect_jpeg
 
 def status(field):  # kB
     return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])

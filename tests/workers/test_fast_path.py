@@ -40,8 +40,26 @@ def test_the_fast_path_gives_todays_labels(frames, tiny_model, tiny_database):
     classifier = Classifier(tiny_model, tiny_database)
     spec = TensorPreprocess.of(tiny_model.preprocess)
     today = torch.stack([tiny_model.preprocess(Image.open(io.BytesIO(f)).convert("RGB")) for f in frames])
-    fast = spec([torch.from_numpy(np.array(decode_image(f, ImageLimits(), spec.size))) for f in frames])
+    fast = spec([torch.from_numpy(np.array(decode_image(f, ImageLimits(), spec.size))).permute(2, 0, 1)
+                 for f in frames])
     before = [p.label for p in classifier.classify_pixels(today)]
     after = [p.label for p in classifier.classify_pixels(fast)]
     agreement = np.mean([a == b for a, b in zip(before, after)])
     assert agreement >= 0.99, agreement
+
+
+def test_the_batched_jpeg_decoder_gives_todays_labels(frames, tiny_model, tiny_database):
+    """The path a GPU worker takes (torchvision decodes whole JPEGs a batch at a time, the tensor
+    preprocess resizes them), run here on the CPU: no DCT scaling, so only rounding differs."""
+    from cased_core.preprocess import decode_jpegs
+    from workers.decode import inspect_jpeg
+
+    classifier = Classifier(tiny_model, tiny_database)
+    spec = TensorPreprocess.of(tiny_model.preprocess)
+    inspected = [inspect_jpeg(f, ImageLimits()) for f in frames]
+    assert all(i is not None for i in inspected)
+    today = torch.stack([tiny_model.preprocess(Image.open(io.BytesIO(f)).convert("RGB")) for f in frames])
+    batched = spec(decode_jpegs([i.data for i in inspected], [i.orientation for i in inspected]))
+    before = [p.label for p in classifier.classify_pixels(today)]
+    after = [p.label for p in classifier.classify_pixels(batched)]
+    assert np.mean([a == b for a, b in zip(before, after)]) >= 0.99

@@ -194,3 +194,35 @@ def test_warm_up_gives_a_cheap_encoder_one_thread_and_a_cpu_bound_one_every_cpu(
     assert given.torch_threads == 3
     for pipeline in (cheap, costly, given):
         asyncio.run(pipeline.close())
+
+
+def test_the_batched_jpeg_decoder_labels_jpegs_and_dead_letters_the_broken_one(tiny_model, tiny_database, lexicon):
+    """jpeg_decoder='torchvision' (what a GPU worker uses, nvJPEG there), on the CPU: plain JPEGs are
+    decoded a batch at a time in the inference thread, a truncated one becomes its own not_an_image dead
+    letter, and what it cannot take (CMYK, PNG) goes through the decode threads as before."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from cased_core import tinyworld
+
+    def jpeg(image: Image.Image, mode: str = "RGB") -> bytes:
+        out = io.BytesIO()
+        image.convert(mode).save(out, "JPEG", quality=90)
+        return out.getvalue()
+
+    star = tinyworld.render(np.random.default_rng(3), "star", size=64)[0]
+    good = jpeg(star)
+    images = {"jpeg": good, "truncated": good[:len(good) // 2], "cmyk": jpeg(star, "CMYK"), "png": shape("star", 3)}
+    pipeline = Pipeline(Classifier(tiny_model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
+                        tiny_database.name, jpeg_decoder="torchvision")
+    assert pipeline.batched_jpeg and pipeline.serving()["jpeg_decoder"] == "torchvision on cpu"
+    [outputs] = run(pipeline, [ev.ImageEvent(event_id=name, stream_id=name, image=data)
+                               for name, data in images.items()])
+    assert [o.topic for o in outputs] == [ev.LABELS_OUT, ev.DEAD_LETTER, ev.LABELS_OUT, ev.LABELS_OUT]
+    letter = ev.decode_dead_letter(outputs[1].value)
+    assert letter.reason == ev.NOT_AN_IMAGE and letter.event_id == "truncated" and "decode" in letter.detail
+    with pytest.raises(ValueError, match="choose one of"):
+        Pipeline(Classifier(tiny_model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
+                 tiny_database.name, jpeg_decoder="nvjpeg")

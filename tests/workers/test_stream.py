@@ -209,6 +209,7 @@ def test_health_endpoints_report_readiness_liveness_and_counters(broker, workers
     assert summary["counters"]["events_in"] == 2 and summary["counters"]["labels_out"] == 1
     assert summary["dead_letters"] == {"not_an_image": 1}
     assert summary["cpu_s_by_stage"]["decode"] > 0 and summary["cpu_s_by_stage"]["encode"] > 0
-    assert summary["search"] == "faiss Flat" and summary["threads"] == {"decode": len(os.sched_getaffinity(0)),
-                                                                     "torch": 1}
+    serving = summary["serving"]
+    assert serving["search"] == "faiss Flat" and serving["jpeg_decoder"] == "pil" and serving["device"] == "cpu"
+    assert serving["threads"] == {"decode": len(os.sched_getaffinity(0)), "torch": 1}
     assert summary["model"].startswith("tiny@") and summary["seconds_since_progress"] is not None
