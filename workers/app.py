@@ -140,7 +140,8 @@ class Worker:
                                                              for partition, key, value in entries]))
         self.frontier = Frontier()
         self.answering = asyncio.Lock()  # the agent, read-backs and revocations take turns
-        self._finishing: asyncio.Future | None = None  # the last batch taken, until answered and committed
+        self._finishing: asyncio.Future | None = None  # the last batch taken, in the model
+        self._delivering: asyncio.Future | None = None  # the last batch answered, being delivered and committed
         self._stalled: set = set()  # (partition, frontier) with fetched records waiting, seen at the last tick
         self._probed: set = set()  # gaps the broker had nothing for, not probed again while they stay the same
         # On SIGTERM: wait for the batch in flight (it delivers its records and commits), then keep the
@@ -172,13 +173,16 @@ class Worker:
 
     async def answer(self, consumed: list[Consumed]) -> None:
         """Answer records, each partition's in offset order, in batches of at most `batch_size` (a
-        read-back can bring back thousands at once). Pipelined: a batch is prepared (fetched, decoded)
-        while the one before it is in the model, delivered and committed; the last one may still be
-        finishing on return (`settle` waits for it, and raises what it raised)."""
+        read-back can bring back thousands at once). Pipelined, three batches at most: one prepared
+        (fetched, decoded) while the one before it is in the model, while the one before that is
+        delivered and committed. The last ones may still be on their way on return (`settle` waits for
+        them, and raises what one raised)."""
         consumed = sorted(consumed, key=lambda c: (c.partition, c.offset))
         pipeline = await asyncio.wrap_future(self.pipeline)
         for start in range(0, len(consumed), self.settings.batch_size):
             chunk = consumed[start:start + self.settings.batch_size]
+            if self._delivering is not None and self._delivering.done():
+                await self._delivered()  # raises what a delivery raised: the agent fails as it would have
             self.health.batch_started(len(chunk))
             trace = self.telemetry.batch(chunk)
             await self.histories.ready({c.partition for c in chunk})
@@ -186,29 +190,50 @@ class Worker:
                 prepared = await pipeline.prepare([c.value for c in chunk], self.histories, trace,
                                                   [c.partition for c in chunk])
             finally:
-                await self.settle()  # at most two batches in the worker: one prepared, one finishing
+                await self._classified()  # the batch before has its records and its histories applied
             self._finishing = asyncio.ensure_future(self.finish(pipeline, chunk, prepared))
 
     async def finish(self, pipeline: Pipeline, consumed: list[Consumed], prepared) -> None:
-        """The model and histories, deliver the records, commit (after the batch before it finished)."""
+        """The model and the histories (after the batch before it had its histories applied); then
+        delivering and committing, chained after the batch before's, while the next batch goes on."""
         try:
             records = await pipeline.finish(prepared, self.histories)
-            await self.deliver(records, prepared.trace)
         except BaseException:
             self.frontier.forget_taken()  # answered again, by this worker or the next
+            raise
+        self._delivering = asyncio.ensure_future(self.deliver_and_commit(consumed, records, prepared.trace,
+                                                                         self._delivering))
+
+    async def deliver_and_commit(self, consumed: list[Consumed], records: list[Output], trace, previous) -> None:
+        try:
+            if previous is not None:
+                await previous
+            await self.deliver(records, trace)
+        except BaseException:
+            self.frontier.forget_taken()
             raise
         self.health.batch_done(sum(r.topic == ev.LABELS_OUT for r in records), [r.reason for r in records if r.reason])
         self.frontier.advance([(c.partition, c.offset) for c in consumed])
         await self.commit({c.partition for c in consumed})
 
-    async def settle(self) -> None:
-        """Wait until every batch taken so far is answered and committed (raises what one raised)."""
+    async def _classified(self) -> None:
         finishing, self._finishing = self._finishing, None
         if finishing is not None:
             await finishing
 
+    async def _delivered(self) -> None:
+        delivering, self._delivering = self._delivering, None
+        if delivering is not None:
+            await delivering
+
+    async def settle(self) -> None:
+        """Wait until every batch taken so far is answered and committed (raises what one raised)."""
+        await self._classified()
+        await self._delivered()
+
     def finishing(self) -> bool:
-        return self._finishing is not None and not self._finishing.done()
+        """Whether a batch taken is still on its way (in the model, being delivered or committed)."""
+        return any(f is not None and not f.done() for f in (self._finishing, self._delivering))
 
     async def deliver(self, records: list[Output], trace) -> None:
         # History first: once the changelog holds a record, a re-delivered event replays it, so a
