@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cased_core import scoring
@@ -59,6 +60,7 @@ class TermEmbeddings:
         self.cache_size = cache_size
         self.encoded = 0  # text-encoder forwards spent on misses, for benchmarks and tests
         self._lock = threading.Lock()  # the inference thread fills the cache, the event loop reads it
+        self._on: torch.Tensor | None = None  # the table on the model's device, once scoring ran there
 
     def lookup(self, name: str) -> np.ndarray | None:
         """The embedding if it is known already; never runs the text encoder."""
@@ -66,6 +68,12 @@ class TermEmbeddings:
             return self.table[self.rows[name]]
         with self._lock:
             return self.cache.get(name)
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        """The database's term table as a tensor on `device` (copied there once)."""
+        if self._on is None or self._on.device != device:
+            self._on = torch.from_numpy(self.table).to(device)
+        return self._on
 
     def embed(self, names: Sequence[str]) -> np.ndarray:
         with self._lock:
@@ -160,37 +168,47 @@ class Classifier:
         return self._cased(images, hits.ids, extras)
 
     def _cased(self, images: np.ndarray, ids: np.ndarray, extras: Sequence[Sequence[str]]) -> list[Prediction]:
-        """CaSED for a batch at once, on the database's precomputed embeddings: one gather of the
-        retrieved captions, their deduplication, the term counts, and the two softmaxes over candidate
-        lists padded to the longest (`_cased_reference` takes the reference's steps per image)."""
+        """CaSED for a batch at once, on the database's precomputed embeddings, in torch on the model's
+        device: one gather of the retrieved captions, their deduplication and centroids, the two
+        softmaxes over candidate lists padded to the longest, and the top names; the term counts on the
+        CPU, over integer ids (`_cased_reference` takes the reference's steps per image)."""
+        device = self.model.device
         n, k = ids.shape
         valid = ids >= 0
-        captions = self.database.caption_embeddings(np.where(valid, ids, 0).reshape(-1)).reshape(n, k, -1)
-        kept = scoring.keep_distinct(captions, valid, self.config.dedup_threshold)
-        centroids = scoring.normalise((scoring.normalise(captions) * kept[..., None]).sum(axis=1))
-        rows, cols = np.nonzero(kept)  # row-major: each image's kept captions in retrieval order
+        captions = self.database.caption_embeddings_on(np.where(valid, ids, 0).reshape(-1), device).view(n, k, -1)
+        kept = scoring.keep_distinct(captions, torch.from_numpy(valid).to(device), self.config.dedup_threshold)
+        centroids = F.normalize((F.normalize(captions, dim=-1) * kept[..., None]).sum(dim=1), dim=-1)
+        rows, cols = np.nonzero(kept.cpu().numpy())  # row-major: each image's kept captions in retrieval order
         owners, terms = self.database.caption_terms_flat(ids[rows, cols])
         selected = select_candidates_batch(rows[owners], terms, n)
         names = [[self.database.terms[t] for t in term_ids] or [FALLBACK] for term_ids in selected]
         for image_names, extra in zip(names, extras):
             image_names += [e for e in extra if e not in image_names]
         width = max(len(image_names) for image_names in names)
-        candidates = np.zeros((n, width, self.model.dim), np.float32)
-        present = np.zeros((n, width), bool)
+        # Rows of the database's term table by id (-1: padding), then the other names (the fallback, a
+        # stream's extras) embedded and put in place with one copy.
+        table_ids = np.full((n, width), -1, np.int64)
+        other_at, other_names = [], []
         for i, (image_names, term_ids) in enumerate(zip(names, selected)):
-            known = len(term_ids)  # rows of the database's term table; the rest (fallback, extras) embedded
-            candidates[i, :known] = self.terms.table[term_ids]
-            if len(image_names) > known:
-                candidates[i, known:len(image_names)] = self.terms.embed(image_names[known:])
-            present[i, :len(image_names)] = True
-        probabilities = scoring.cased_scores_batch(images, centroids, candidates, present, self.model.logit_scale,
-                                                   self.config.alpha)
+            table_ids[i, :len(term_ids)] = term_ids
+            other_at += [(i, j) for j in range(len(term_ids), len(image_names))]
+            other_names += image_names[len(term_ids):]
+        table_ids = torch.from_numpy(table_ids).to(device)
+        candidates = self.terms.on(device)[table_ids.clamp(min=0)]
+        if other_names:
+            at = torch.tensor(other_at, device=device)
+            candidates[at[:, 0], at[:, 1]] = torch.from_numpy(self.terms.embed(other_names)).to(device)
+        counts = torch.tensor([len(image_names) for image_names in names], device=device)
+        present = torch.arange(width, device=device)[None, :] < counts[:, None]
+        probabilities = scoring.cased_scores_batch(torch.from_numpy(images).to(device), centroids, candidates,
+                                                   present, self.model.logit_scale, self.config.alpha)
+        top = torch.topk(probabilities, min(self.config.top_n, width), dim=1)
+        top_p, top_i = top.values.cpu().numpy(), top.indices.cpu().numpy()
         out = []
-        for row, image_names in zip(probabilities, names):
-            row = row[:len(image_names)]
-            best = int(np.argmax(row))
-            out.append(Prediction(image_names[best], float(row[best]),
-                                  scoring.top_n(image_names, row, self.config.top_n), len(image_names)))
+        for image_names, p, i in zip(names, top_p, top_i):
+            shown = min(len(image_names), len(i))
+            candidates_shown = tuple((image_names[j], float(q)) for j, q in zip(i[:shown], p[:shown]))
+            out.append(Prediction(candidates_shown[0][0], candidates_shown[0][1], candidates_shown, len(image_names)))
         return out
 
     def _cased_reference(self, image: np.ndarray, ids: np.ndarray, extra: Sequence[str]) -> Prediction:

@@ -85,6 +85,13 @@ class Database:
     def caption_embeddings(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(self.embeddings[np.asarray(ids)], dtype=np.float32)
 
+    def caption_embeddings_on(self, ids: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Embeddings of the captions `ids` (1-D) as float32 on `device`: gathered there when the exact
+        search holds them on that device, else read from the memory-mapped file and copied."""
+        if isinstance(self.searcher, ExactSearch) and self.searcher.device == device:
+            return self.searcher.table[torch.from_numpy(np.asarray(ids, np.int64)).to(device)].float()
+        return torch.from_numpy(self.caption_embeddings(ids)).to(device)
+
     def caption_term_ids(self, i: int) -> np.ndarray:
         return np.asarray(self._term_ids[self._term_ptr[i]:self._term_ptr[i + 1]])
 

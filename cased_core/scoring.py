@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 DEFAULT_ALPHA = 0.7
 DEDUP_THRESHOLD = 0.94
@@ -22,14 +23,14 @@ def drop_near_duplicates(embeddings: np.ndarray, threshold: float = DEDUP_THRESH
     return np.asarray(kept, dtype=np.int64)
 
 
-def keep_distinct(embeddings: np.ndarray, valid: np.ndarray, threshold: float = DEDUP_THRESHOLD) -> np.ndarray:
+def keep_distinct(embeddings: torch.Tensor, valid: torch.Tensor, threshold: float = DEDUP_THRESHOLD) -> torch.Tensor:
     """`drop_near_duplicates` for a batch: embeddings (n, k, d), valid (n, k) -> kept (n, k), a mask.
     Row j of an image is kept when it is valid and its cosine to every kept row before it is under
     `threshold`."""
-    similarity = embeddings @ embeddings.transpose(0, 2, 1)
-    kept = np.zeros(valid.shape, bool)
+    similarity = embeddings @ embeddings.transpose(1, 2)
+    kept = torch.zeros_like(valid)
     for j in range(valid.shape[1]):
-        duplicate = ((similarity[:, j, :j] >= threshold) & kept[:, :j]).any(axis=1)
+        duplicate = ((similarity[:, j, :j] >= threshold) & kept[:, :j]).any(dim=1)
         kept[:, j] = valid[:, j] & ~duplicate
     return kept
 
@@ -53,15 +54,15 @@ def cased_scores(image: np.ndarray, caption_centroid: np.ndarray, candidates: np
     return alpha * visual + (1.0 - alpha) * textual
 
 
-def cased_scores_batch(images: np.ndarray, caption_centroids: np.ndarray, candidates: np.ndarray,
-                       present: np.ndarray, logit_scale: float, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+def cased_scores_batch(images: torch.Tensor, caption_centroids: torch.Tensor, candidates: torch.Tensor,
+                       present: torch.Tensor, logit_scale: float, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
     """`cased_scores` for a batch padded to the longest candidate list: images and centroids (n, d),
     candidates (n, c, d), present (n, c) marks the real ones. Padding gets probability 0."""
-    def masked_softmax(logits: np.ndarray) -> np.ndarray:
-        return softmax(np.where(present, logits, -np.inf))
+    def masked_softmax(logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.masked_fill(~present, float("-inf")), dim=1)
 
-    visual = masked_softmax(logit_scale * np.einsum("ncd,nd->nc", candidates, images))
-    textual = masked_softmax(logit_scale * np.einsum("ncd,nd->nc", candidates, caption_centroids))
+    visual = masked_softmax(logit_scale * torch.einsum("ncd,nd->nc", candidates, images))
+    textual = masked_softmax(logit_scale * torch.einsum("ncd,nd->nc", candidates, caption_centroids))
     return alpha * visual + (1.0 - alpha) * textual
 
 

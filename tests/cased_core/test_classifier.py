@@ -112,3 +112,21 @@ def test_the_batch_computation_is_the_per_image_one(tiny_model, tiny_database):
     # Nothing retrieved: no caption centroid (the per-image computation gave NaN), so the image alone
     # ranks the fallback and the extras.
     assert batch[-1].label in ("object", "lighthouse", "star", "zebra crossing") and 0 < batch[-1].score <= 1
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU: scoring on the device")
+def test_scoring_on_a_gpu_gives_the_cpu_labels(tiny_model, tiny_database):
+    from cased_core import tinyworld
+    from cased_core.model import load_model
+
+    rng = np.random.default_rng(5)
+    images = [tinyworld.render(rng, size=64)[0] for _ in range(48)]
+    on_cpu = Classifier(tiny_model, tiny_database).classify(images)
+    gpu_model = load_model("tiny", device="cuda")
+    tiny_database.use_search("exact", gpu_model.device)
+    try:
+        on_gpu = Classifier(gpu_model, tiny_database).classify(images)
+    finally:
+        tiny_database.use_search("faiss")
+    agreement = np.mean([a.label == b.label for a, b in zip(on_cpu, on_gpu)])
+    assert agreement >= 0.95, agreement  # fp16 weights and products on the GPU
