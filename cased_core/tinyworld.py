@@ -31,7 +31,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SIZES = {"small": (0.16, 0.24), "medium": (0.25, 0.33), "large": (0.34, 0.44)}
 
 # Words a web caption may use for each shape, besides its own name.
-_ALIASES: dict[str, tuple[str, ...]] = {
+ALIASES: dict[str, tuple[str, ...]] = {
     "moon": ("crescent moon", "crescent", "moon"),
     "heart": ("love heart", "heart"),
     "diamond": ("diamond", "rhombus", "diamond"),
@@ -202,7 +202,7 @@ def caption(rng: np.random.Generator, scene: Scene) -> str:
     """A web-style caption of a scene. Colour appears in a minority of templates on purpose:
     captions where colour dominates teach a model colour rather than shape."""
     template = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
-    aliases = _ALIASES[scene.category]
+    aliases = ALIASES[scene.category]
     return template.format(
         shape=aliases[int(rng.integers(len(aliases)))],
         colour=scene.colour,

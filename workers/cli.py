@@ -119,6 +119,8 @@ def cmd_db_info(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    if args.dataset == "stream":
+        return cmd_eval_stream(args)
     from cased_core.classifier import ClassifierConfig
     from cased_core.evaluate import evaluate, load_dataset
 
@@ -137,6 +139,27 @@ def cmd_eval(args) -> None:
     for r in results:
         print(f"{r.method:<18}{100 * r.cluster_accuracy:>14.1f}{100 * r.semantic_similarity:>15.1f}"
               f"{100 * r.semantic_iou:>14.1f}")
+
+
+def cmd_eval_stream(args) -> None:
+    """`cased eval stream`: the raw and the consistent labels on simulated streams with known truth."""
+    from workers.app import build_pipeline
+    from workers.eval_stream import eval_stream
+
+    figures = eval_stream(build_pipeline(_settings_from(args, args.settings)), streams_per_scenario=args.streams, seed=args.seed,
+                          scenarios=args.scenarios)
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(f"{'scenario':<13}{'labels':<12}{'accuracy':>9}{'switches/100':>14}{'excess':>8}{'lag median/p90':>16}"
+          f"{'names/concept':>15}")
+    rows = [(name, kinds) for name, kinds in figures["scenarios"].items()] + [("overall", figures["overall"])]
+    for name, kinds in rows:
+        for kind, f in kinds.items():
+            lag = f["lag_frames"]
+            excess = "-" if f["excess_switches"] is None else f"{100 * f['excess_switches']:.0f}%"
+            print(f"{name:<13}{kind:<12}{100 * f['accuracy']:>8.1f}%{f['switches_per_100']:>14.1f}{excess:>8}"
+                  f"{str(lag['median']) + ' / ' + str(lag['p90']):>16}{f['names_per_concept'] or '-':>15}")
 
 
 def cmd_bench_core(args) -> None:
@@ -341,14 +364,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("database", help="'tiny', a database folder or s3://bucket/prefix")
     p.set_defaults(func=cmd_db_info)
 
-    p = commands.add_parser("eval", help="evaluate on DATASET_DIR/CLASS_NAME/*.jpg with the paper's metrics")
-    p.add_argument("dataset")
+    p = commands.add_parser("eval", help="evaluate on DATASET_DIR/CLASS_NAME/*.jpg with the paper's metrics, "
+                            "or `eval stream`: label consistency on simulated streams")
+    p.add_argument("dataset", help="a dataset folder, or 'stream' (a folder named stream: ./stream)")
     _model_args(p, settings)
     from cased_core.evaluate import METHODS
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--k", type=int, default=settings.k)
     p.add_argument("--alpha", type=float, default=settings.alpha)
-    p.add_argument("--json", action="store_true", help="one JSON object per method")
+    p.add_argument("--json", action="store_true", help="one JSON object per method (stream: one object)")
+    from cased_core.streams import SCENARIOS
+    from workers.eval_stream import HELD_OUT_SEED
+    p.add_argument("--streams", type=int, default=6, help="stream: streams per scenario")
+    p.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="stream: the streams' seed (held out by default)")
+    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS, help="stream: scenarios")
     p.set_defaults(func=cmd_eval)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)

@@ -24,7 +24,7 @@ def test_captions_name_the_shape_or_an_alias():
         scene = tinyworld.random_scene(rng, category)
         for _ in range(20):
             text = tinyworld.caption(rng, scene)
-            assert any(alias.split()[-1] in text for alias in tinyworld._ALIASES[category])
+            assert any(alias.split()[-1] in text for alias in tinyworld.ALIASES[category])
 
 
 def test_write_dataset_layout(tmp_path):

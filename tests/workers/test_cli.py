@@ -61,6 +61,21 @@ def test_eval_json_keys(capsys, tmp_path):
         assert 0 <= row["cluster_accuracy"] <= 1 and 0 <= row["semantic_iou"] <= 1
 
 
+def test_eval_stream_scores_raw_and_consistent_labels(capsys):
+    code, out, _ = run(capsys, "eval", "stream", "--streams", "1", "--scenarios", "cut", "gaps", "--json")
+    assert code == 0
+    figures = json.loads(out)
+    assert set(figures["scenarios"]) == {"cut", "gaps"} and set(figures["overall"]) == {"raw", "consistent"}
+    for kind in ("raw", "consistent"):
+        overall = figures["overall"][kind]
+        assert overall["streams"] == 2 and overall["frames"] == 96 and 0 < overall["accuracy"] <= 1
+        assert overall["changes_followed"].endswith("/6")  # 3 cuts in each of the two streams
+    # the gaps' unreadable frames are dead-lettered: no label, no switch, no truth
+    assert figures["scenarios"]["gaps"]["raw"]["frames"] == 48
+    code, out, _ = run(capsys, "eval", "stream", "--streams", "1", "--scenarios", "cut")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["scenario", "labels", "accuracy"]
+
+
 def test_bench_core_prints_and_writes_its_figures(capsys, tmp_path):
     out_file = tmp_path / "core.json"
     code, out, _ = run(capsys, "bench", "core", "--model", "tiny", "--entries", "3000", "--images", "32",
