@@ -7,6 +7,7 @@ the WordNet 3.0 licence (also in data/WORDNET_LICENSE.txt).
 from __future__ import annotations
 
 import gzip
+import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +29,24 @@ class Lexicon:
     def same_concept(self, a: str, b: str) -> bool:
         """Whether two terms are synonyms in some sense, i.e. share a WordNet synset."""
         return not set(self.synsets.get(a, ())).isdisjoint(self.synsets.get(b, ()))
+
+
+def concept_id(name: str, lexicon: Lexicon) -> str:
+    """A stable id for the concept a label names, to join labels across streams: the WordNet synset
+    of its first sense when the lexicon knows the name (`wn:02084071-n` for "dog"), else one derived
+    from the name itself, case and spacing aside (`name:` and 12 hex digits of its SHA-256).
+
+    Examples:
+        >>> concept_id("dog", load_lexicon())
+        'wn:02084071-n'
+        >>> concept_id("Zorblax  Widget", load_lexicon()) == concept_id("zorblax widget", load_lexicon())
+        True
+    """
+    synsets = lexicon.synsets.get(name)
+    if synsets:
+        return f"wn:{synsets[0]}-n"
+    canonical = " ".join(name.lower().split())
+    return "name:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 
 def parse_lexicon(text: str) -> Lexicon:

@@ -4,7 +4,7 @@ Field names are the product's API (documented in the README). No pickle anywhere
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -71,6 +71,8 @@ class LabelEvent:
     ts_in: float | None
     ts_out: float
     attrs: dict[str, Any] = field(default_factory=dict)
+    concept: str | None = None  # the label's concept: wn:<synset>-n, or name:<digest> (lexicon.concept_id)
+    changed: bool | None = None  # the stream's consistent label changed at this event (its first label too)
 
 
 @dataclass(frozen=True)
@@ -190,12 +192,14 @@ def _depth(value: Any) -> int:
 
 
 def decode_label_event(value: bytes) -> LabelEvent:
-    record = _unpack(value)
-    record.pop("v", None)
-    return LabelEvent(**record)
+    """A labels.out value; fields a later version adds are ignored (optional fields only are added)."""
+    return LabelEvent(**_known(LabelEvent, _unpack(value)))
 
 
 def decode_dead_letter(value: bytes) -> DeadLetter:
-    record = _unpack(value)
-    record.pop("v", None)
-    return DeadLetter(**record)
+    return DeadLetter(**_known(DeadLetter, _unpack(value)))
+
+
+def _known(kind: type, record: dict) -> dict:
+    names = {f.name for f in fields(kind)}
+    return {k: v for k, v in record.items() if k in names}

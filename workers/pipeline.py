@@ -24,7 +24,7 @@ import torch
 
 from cased_core import history
 from cased_core.classifier import Classifier, Prediction
-from cased_core.lexicon import Lexicon
+from cased_core.lexicon import Lexicon, concept_id
 from cased_core.preprocess import TensorPreprocess, decode_jpegs
 from topics import events as ev
 from workers.costs import StageCosts
@@ -408,13 +408,15 @@ class Pipeline:
         mode = event.attrs.get("history", self.policy.mode)
         policy = self.policy if mode == self.policy.mode or mode not in history.POLICIES \
             else history.HistoryPolicy(**{**asdict(self.policy), "mode": mode})
-        outcome = history.apply(batch.state(event.stream_id), prediction.candidates or
-                                ((prediction.label, prediction.score),), policy, self.same_concept)
+        before = batch.state(event.stream_id)
+        outcome = history.apply(before, prediction.candidates or ((prediction.label, prediction.score),), policy,
+                                self.same_concept)
         label = ev.LabelEvent(
             event_id=event.event_id, stream_id=event.stream_id, label=outcome.label, raw_label=prediction.label,
             score=round(prediction.score, 6), candidates=[[n, round(p, 6)] for n, p in prediction.candidates],
             history=outcome.history, model=self.classifier.model.identity, database=self.database_name,
-            ts_in=event.ts, ts_out=self.clock(), attrs=event.attrs)
+            ts_in=event.ts, ts_out=self.clock(), attrs=event.attrs, concept=concept_id(outcome.label, self.lexicon),
+            changed=before is None or before.get("current") != outcome.label)
         value = ev.encode_label_event(label)
         batch.set_state(event.stream_id, outcome.state)  # only once the record exists
         return Output(ev.LABELS_OUT, event.stream_id.encode(), value)

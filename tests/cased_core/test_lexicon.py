@@ -140,3 +140,14 @@ def test_packaged_file_is_reproducible(tmp_path):
     summary = run_script("--out", str(out))
     assert "probes failing: none" in summary
     assert out.read_bytes() == DEFAULT_LEXICON_PATH.read_bytes()
+
+
+def test_concept_ids_join_labels_across_streams():
+    from cased_core.lexicon import concept_id
+
+    lexicon = load_lexicon()
+    assert concept_id("dog", lexicon) == "wn:02084071-n"  # WordNet's first sense
+    assert concept_id("moon", lexicon).startswith("wn:") and concept_id("moon", lexicon) != concept_id("dog", lexicon)
+    made_up = concept_id("zorblax widget", lexicon)
+    assert made_up.startswith("name:") and len(made_up) == 17
+    assert concept_id(" Zorblax   WIDGET ", lexicon) == made_up != concept_id("zorblax gadget", lexicon)

@@ -23,6 +23,19 @@ def test_label_event_and_dead_letter_round_trip():
     assert ev.decode_dead_letter(ev.encode_dead_letter(letter)) == letter
 
 
+def test_label_events_gain_optional_fields_compatibly():
+    label = ev.LabelEvent("e1", "cam", "star", "star", 0.9, [["star", 0.9]], ["star"], "tiny@x", "db@y", 1.0, 2.0,
+                          concept="wn:09444100-n", changed=True)
+    record = msgpack.unpackb(ev.encode_label_event(label))
+    assert record["concept"] == "wn:09444100-n" and record["changed"] is True
+    assert ev.decode_label_event(ev.encode_label_event(label)) == label
+    # a record from before these fields, and one from a later version with a field this one lacks
+    del record["concept"], record["changed"]
+    older = ev.decode_label_event(msgpack.packb(record))
+    assert older.concept is None and older.changed is None and older.label == "star"
+    assert ev.decode_label_event(msgpack.packb({**record, "added_later": 1})).event_id == "e1"
+
+
 @pytest.mark.parametrize("record, message", [
     ({"v": 1, "stream_id": "s", "uri": "s3://b/k"}, "event_id must be a non-empty string"),
     ({"v": 2, "event_id": "e", "stream_id": "s", "uri": "s3://b/k"}, "schema version 2"),

@@ -226,3 +226,18 @@ def test_the_batched_jpeg_decoder_labels_jpegs_and_dead_letters_the_broken_one(t
     with pytest.raises(ValueError, match="choose one of"):
         Pipeline(Classifier(tiny_model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
                  tiny_database.name, jpeg_decoder="nvjpeg")
+
+
+def test_labels_say_their_concept_and_when_the_stream_changed(tiny_model, tiny_database, lexicon):
+    from cased_core.lexicon import concept_id
+
+    pipeline = make_pipeline(tiny_model, tiny_database, lexicon)
+    frames = [shape("star", 200 + i) for i in range(5)] + [shape("heart", 300 + i) for i in range(6)]
+    events = [ev.ImageEvent(event_id=f"e{i}", stream_id="cam", image=data) for i, data in enumerate(frames)]
+    outputs = [o for batch in run(pipeline, events[:4], events[4:]) for o in batch]
+    labels = [ev.decode_label_event(o.value) for o in outputs]
+    consistent = [label.label for label in labels]
+    expected = [True] + [a != b for a, b in zip(consistent, consistent[1:])]
+    assert [label.changed for label in labels] == expected  # across the two batches too
+    assert sum(expected) >= 2  # the first label, and the change to what the heart frames show
+    assert all(label.concept == concept_id(label.label, lexicon) for label in labels)
