@@ -63,10 +63,10 @@ def build_pipeline(settings: Settings, costs: StageCosts | None = None) -> Pipel
     """Load the model and database (the slow part of start-up) and wire the batch pipeline."""
     # Imported here, in the loading thread: torch and open_clip take seconds to import.
     from cased_core.classifier import Classifier, ClassifierConfig
-    from workers.databases import load_database
     from cased_core.history import HistoryPolicy
     from cased_core.lexicon import load_lexicon
     from cased_core.model import load_model
+    from workers.databases import load_database
     from workers.decode import ImageLimits
     from workers.pipeline import Pipeline
 

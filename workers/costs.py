@@ -4,7 +4,9 @@ per image goes (`/status` reports it, `cased bench stream` divides it by the ima
 CPU time, not wall time: on a machine shared with other processes a stage's wall time grows with the
 neighbours' load, its CPU time barely. Each stage adds the CPU time of the thread it ran on, read with
 `time.thread_time` (one clock read at each end, about a microsecond); the threads torch starts for
-intra-op parallelism are not seen here and land in the process's unattributed rest.
+intra-op parallelism, and the I/O of uri fetches and Kafka clients on the event loop (measuring
+across an await would count whatever else ran meanwhile), are not seen here and land in the
+process's unattributed rest.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import threading
 import time
 from typing import Callable
 
-STAGES = ("consume", "fetch", "decode", "preprocess", "encode", "search", "score", "history", "produce",
-          "commit")
+# Commits are not a stage here: their cost is waiting on the broker, not CPU.
+STAGES = ("consume", "fetch", "decode", "preprocess", "encode", "search", "score", "history", "produce")
 
 
 class StageCosts:

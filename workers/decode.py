@@ -154,7 +154,12 @@ def decode_image(data: bytes, limits: ImageLimits, input_size: int | None) -> Im
     except MemoryError as err:
         raise DecodeError(ev.TOO_LARGE, "decoding needs more memory than is available") from err
     except _DECODER_ERRORS as err:
-        raise DecodeError(ev.NOT_AN_IMAGE, f"cannot decode the bytes as an image: {_one_line(err)}") from err
+        raise undecodable(err) from err
+
+
+def undecodable(err: BaseException) -> DecodeError:
+    """The not_an_image error for bytes a decoder (PIL's, or a batched one) failed on, in one line."""
+    return DecodeError(ev.NOT_AN_IMAGE, f"cannot decode the bytes as an image: {_one_line(err)}")
 
 
 @dataclass(frozen=True)
@@ -181,10 +186,7 @@ def inspect_jpeg(data: bytes, limits: ImageLimits) -> EncodedJpeg | None:
         if image.format != "JPEG" or image.mode not in ("RGB", "L") or \
                 max(image.size) > REDUCE_ABOVE_ASPECT * min(image.size):
             return None
-        try:
-            orientation = image.getexif().get(ExifTags.Base.Orientation)
-        except _DECODER_ERRORS:
-            orientation = None
+        orientation = _orientation(image)
         return EncodedJpeg(data, orientation if orientation in _UPRIGHT else 1)
     except DecodeError:
         raise
@@ -301,11 +303,17 @@ def _tiff_units(data: bytes) -> int:
     return most
 
 
-def _upright(image: Image.Image) -> Image.Image:
+def _orientation(image: Image.Image):
+    """The EXIF orientation tag as stored (any type), None when absent or unreadable: the pixels are
+    still good, and are labelled as stored."""
     try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation)
-    except _DECODER_ERRORS:  # unreadable EXIF: the pixels are still good, label them as stored
-        return image
+        return image.getexif().get(ExifTags.Base.Orientation)
+    except _DECODER_ERRORS:
+        return None
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    orientation = _orientation(image)
     method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
     return image if method is None else image.transpose(method)
 

@@ -28,7 +28,7 @@ from cased_core.lexicon import Lexicon, concept_id
 from cased_core.preprocess import TensorPreprocess, decode_jpegs
 from topics import events as ev
 from workers.costs import StageCosts
-from workers.decode import DecodeError, EncodedJpeg, ImageLimits, decode_image, inspect_jpeg
+from workers.decode import DecodeError, EncodedJpeg, ImageLimits, decode_image, inspect_jpeg, undecodable
 from workers.fetch import FetchError, Fetcher
 from workers.histories import MAX_ANSWERS, BatchHistories, HistoryStore
 from workers.telemetry import NULL_TRACE, BatchTrace, NullTrace
@@ -291,8 +291,10 @@ class Pipeline:
     async def _fetch(self, batch: Prepared, i: int) -> bytes | None:
         event = batch.events[i]
         try:
+            # Not in `costs`: thread CPU time across an await would count whatever else the event loop
+            # ran meanwhile. A uri fetch's CPU (HTTP, S3 clients) lands in the process's unattributed rest.
             async with self._fetch_slots:
-                with self.costs.measure("fetch"), batch.trace.stage("fetch", i):
+                with batch.trace.stage("fetch", i):
                     return await self.fetcher.fetch(event)
         except FetchError as err:
             batch.outputs[i] = self._dead(err.reason, err.detail, batch.values[i], event.event_id, event.stream_id)
@@ -394,8 +396,7 @@ class Pipeline:
                 decoded = decode_jpegs([pixels[k].data for k in jpegs], [pixels[k].orientation for k in jpegs],
                                        self.classifier.model.device)
             for k, image in zip(jpegs, decoded):
-                pixels[k] = image if isinstance(image, torch.Tensor) else DecodeError(
-                    ev.NOT_AN_IMAGE, f"cannot decode the bytes as an image: {' '.join(str(image).split())[:300]}")
+                pixels[k] = image if isinstance(image, torch.Tensor) else undecodable(image)
         return pixels
 
     def same_concept(self, a: str, b: str) -> bool:

@@ -151,7 +151,7 @@ class Telemetry:
         return cls(tracer_provider, meter_provider)
 
     def batch(self, received: Sequence[Consumed]) -> "BatchTrace | NullTrace":
-        """Start one event span per record (counted in events.in and in_flight); NULL_TRACE when
+        """Start one event span per record (counted in events.in and in_flight); a NullTrace when
         telemetry is off, so that every hook the data path calls costs one method call."""
         return BatchTrace(self, received) if self._providers else NullTrace(received)
 
@@ -211,6 +211,8 @@ class NullTrace:
 
     def __init__(self, received: Sequence[Consumed] = ()):
         self.received = received
+        # the header names the propagators read, looked up once per batch rather than per record
+        self.fields = propagate.get_global_textmap().fields if received else frozenset()
 
     def identify(self, i: int, event: ev.ImageEvent, replayed: bool = False) -> None:
         pass
@@ -224,8 +226,7 @@ class NullTrace:
     def producing(self, i: int, topic: str) -> Headers:
         if i >= len(self.received):
             return ()
-        fields = propagate.get_global_textmap().fields
-        return [(name, value) for name, value in self.received[i].headers.items() if name in fields]
+        return [(name, value) for name, value in self.received[i].headers.items() if name in self.fields]
 
     def done(self, outputs: Sequence[Any]) -> None:
         pass
