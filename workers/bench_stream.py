@@ -37,6 +37,8 @@ STREAMS = 8
 
 def _size(text: str) -> tuple[int, int]:
     width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) >= 8 and int(height) >= 8):
+        raise ValueError(f"frame size {text!r}: expected WIDTHxHEIGHT in pixels, at least 8x8, e.g. 640x480")
     return int(width), int(height)
 
 
@@ -194,6 +196,8 @@ def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3
 
     if repeats < 1 or events < 10 * batch_size:
         raise ValueError("bench stream needs repeats >= 1 and events >= 10 x batch_size")
+    for size in sizes:
+        _size(size)  # a bad size fails before anything starts
     say(f"rendering {frame_count} camera frames of each size ({', '.join(sizes)})")
     frames = {size: camera_frames(frame_count, size=_size(size)) for size in sizes}
     database = _database(model_name, device, entries, [f for size in sizes for f in frames[size]], work_dir)

@@ -146,8 +146,8 @@ def cmd_eval_stream(args) -> None:
     from workers.app import build_pipeline
     from workers.eval_stream import eval_stream
 
-    figures = eval_stream(build_pipeline(_settings_from(args, args.settings)), streams_per_scenario=args.streams, seed=args.seed,
-                          scenarios=args.scenarios)
+    figures = eval_stream(build_pipeline(_settings_from(args, args.settings)), streams_per_scenario=args.streams,
+                          seed=args.seed, scenarios=args.scenarios)
     if args.json:
         print(json.dumps(figures))
         return

@@ -72,10 +72,12 @@ def eval_stream(pipeline, streams_per_scenario: int = 6, seed: int = HELD_OUT_SE
     cased_core.stream_metrics); `pipeline` is a workers.pipeline.Pipeline, closed afterwards.
 
     Raises:
-        ValueError: an unknown scenario.
+        ValueError: an unknown scenario, or no streams to run.
     """
-    streams = [s for scenario in scenarios for s in generate(scenario, streams_per_scenario, seed)]
     try:
+        if streams_per_scenario < 1 or not scenarios:
+            raise ValueError("eval stream needs at least 1 stream per scenario (--streams) and 1 scenario")
+        streams = [s for scenario in scenarios for s in generate(scenario, streams_per_scenario, seed)]
         labels = label_streams(pipeline, streams, batch_size)
     finally:
         asyncio.run(pipeline.close())

@@ -76,6 +76,14 @@ def test_eval_stream_scores_raw_and_consistent_labels(capsys):
     assert code == 0 and out.splitlines()[0].split()[:3] == ["scenario", "labels", "accuracy"]
 
 
+def test_stream_tools_name_a_bad_argument_in_one_line(capsys):
+    code, _, err = run(capsys, "eval", "stream", "--streams", "0")
+    assert code == 2 and err.strip() == "cased: error: eval stream needs at least 1 stream per scenario " \
+                                        "(--streams) and 1 scenario"
+    code, _, err = run(capsys, "bench", "stream", "--sizes", "640by480")
+    assert code == 2 and "frame size '640by480': expected WIDTHxHEIGHT" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bench_core_prints_and_writes_its_figures(capsys, tmp_path):
     out_file = tmp_path / "core.json"
     code, out, _ = run(capsys, "bench", "core", "--model", "tiny", "--entries", "3000", "--images", "32",
