@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -37,6 +37,8 @@ class Prediction:
     score: float  # the label's probability
     candidates: tuple[tuple[str, float], ...]  # top-N (name, probability), best first
     considered: int = 1  # how many candidate names were scored
+    # The image's L2-normalised embedding, when the caller kept it (the worker's history compares frames).
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ close, as a real camera's are, and a cut is not. Scenarios (each a list of strea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter
@@ -180,3 +181,26 @@ def generate(scenario: str, streams: int, seed: int, scenes: int = 4, length: in
 def names_of(concept: str) -> frozenset[str]:
     """The names that count as right for a tiny-world concept: its own and its captions' synonyms."""
     return frozenset({concept, *tinyworld.ALIASES[concept]})
+
+
+def scripted(name: str, plan: Sequence[tuple[str, int]], seed: int, fps: float = 2.0, near_tie_every: int = 0,
+             distractor: str = "heart") -> Stream:
+    """One live camera following `plan`, (category, frames) per scene; a category seen before comes back
+    as the same rendering (a return). Every `near_tie_every`-th frame (0: none) is blended 30-45% with a
+    rendering of `distractor`, so its own top name may flicker while the truth stays.
+
+    Examples:
+        >>> [f.concept for f in scripted("cam", [("star", 2), ("moon", 1), ("star", 1)], seed=1).frames]
+        ['star', 'star', 'moon', 'star']
+    """
+    rng = np.random.default_rng(seed)
+    cam, bases = _Camera(rng, fps), {}
+    other = cam.scene(distractor)
+    for category, frames in plan:
+        base = bases.setdefault(category, cam.scene(category))
+        for _ in range(frames):
+            image = cam.jitter(base)
+            if near_tie_every and len(cam.frames) % near_tie_every == near_tie_every - 1:
+                image = Image.blend(image, other, float(rng.uniform(0.3, 0.45)))
+            cam.add(category, image)
+    return Stream(name, "scripted", "live", cam.frames)

@@ -69,8 +69,9 @@ def producer(broker: str, **kafka_options):
 
 
 def image_event(stream_id: str, source: str | bytes | Path, attrs: dict | None = None,
-                event_id: str | None = None) -> ev.ImageEvent:
-    """An event for a uri, inline bytes, or a local file (sent inline when small)."""
+                event_id: str | None = None, ts: float | None = None) -> ev.ImageEvent:
+    """An event for a uri, inline bytes, or a local file (sent inline when small), taken at `ts` (unix
+    seconds; default: now)."""
     uri = image = None
     if isinstance(source, bytes):
         image = source
@@ -84,7 +85,7 @@ def image_event(stream_id: str, source: str | bytes | Path, attrs: dict | None =
     else:
         uri = source
     return ev.ImageEvent(event_id=event_id or uuid.uuid4().hex, stream_id=stream_id, uri=uri, image=image,
-                         ts=time.time(), attrs=attrs or {})
+                         ts=time.time() if ts is None else ts, attrs=attrs or {})
 
 
 def publish(client, topic: str, events: Iterable[ev.ImageEvent], telemetry: Telemetry = OFF) -> list[str]:

@@ -5,7 +5,9 @@ The streams' events are interleaved into batches as a worker receives them (each
 many streams per batch), with their event `ts` and the history policy each stream asks for; an
 unreadable frame is dead-lettered and has no label. Every label event carries both labels: the raw one
 (the image alone) and the consistent one (the stream's history applied), so both are scored on the
-same run. A label is right when it names the frame's concept or one of its synonyms.
+same run. A label is right when it names the frame's concept or one of its synonyms. A third,
+`hindsight`, is the raw labels' majority over each true segment: what a history that knew the future
+could reach, the ceiling of what consistency can win here.
 """
 from __future__ import annotations
 
@@ -41,6 +43,25 @@ def _events(stream: Stream) -> list[ev.ImageEvent]:
 def _interleaved(streams: Sequence[Stream]) -> list[ev.ImageEvent]:
     per_stream = [_events(s) for s in streams]
     return [e for group in itertools.zip_longest(*per_stream) for e in group if e is not None]
+
+
+def hindsight(frames: Sequence[Frame], same_concept) -> list[Frame]:
+    """A reference no live history can reach: knowing where each true segment (a run of one concept,
+    frames without a concept skipped) begins and ends, label all its frames with its most common raw
+    label, synonyms counted together (`same_concept`)."""
+    out = list(frames)
+    seen = [i for i, f in enumerate(frames) if f.concept is not None]
+    while seen:
+        segment = [i for i in itertools.takewhile(lambda i: frames[i].concept == frames[seen[0]].concept, seen)]
+        seen = seen[len(segment):]
+        votes: dict[str, int] = {}
+        for label in (frames[i].label for i in segment if frames[i].label is not None):
+            name = next((k for k in votes if k == label or same_concept(k, label)), label)
+            votes[name] = votes.get(name, 0) + 1
+        for i in segment:
+            if votes and frames[i].label is not None:
+                out[i] = Frame(frames[i].t, frames[i].concept, max(votes, key=votes.get))
+    return out
 
 
 def label_streams(pipeline, streams: Sequence[Stream], batch_size: int = 16) -> dict[str, list[tuple]]:
@@ -83,12 +104,14 @@ def eval_stream(pipeline, streams_per_scenario: int = 6, seed: int = HELD_OUT_SE
         asyncio.run(pipeline.close())
     figures: dict[str, dict[str, list]] = {}
     for stream in streams:
-        for kind, column in (("raw", 0), ("consistent", 1)):
-            frames = [Frame(f.t, f.concept, pair[column]) for f, pair in zip(stream.frames, labels[stream.name])]
+        raw = [Frame(f.t, f.concept, pair[0]) for f, pair in zip(stream.frames, labels[stream.name])]
+        consistent = [Frame(f.t, f.concept, pair[1]) for f, pair in zip(stream.frames, labels[stream.name])]
+        for kind, frames in (("raw", raw), ("consistent", consistent),
+                             ("hindsight", hindsight(raw, pipeline.same_concept))):
             figures.setdefault(stream.scenario, {}).setdefault(kind, []).append(stream_figures(frames, _is_right))
     out = {"seed": seed, "streams_per_scenario": streams_per_scenario, "scenarios": {}}
     for scenario, kinds in figures.items():
         out["scenarios"][scenario] = {kind: pooled(parts) for kind, parts in kinds.items()}
     out["overall"] = {kind: pooled([p for kinds in figures.values() for p in kinds[kind]])
-                      for kind in ("raw", "consistent")}
+                      for kind in ("raw", "consistent", "hindsight")}
     return out

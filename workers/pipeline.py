@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -383,8 +383,8 @@ class Pipeline:
             hits = self.classifier.search(embeddings)
         with self.costs.measure("score"), trace.batch_stage("score", members):
             predictions = self.classifier.score(embeddings, hits, [ready[k].extras for k in kept])
-        for k, prediction in zip(kept, predictions):
-            out[k] = prediction
+        for k, prediction, embedding in zip(kept, predictions, embeddings):
+            out[k] = replace(prediction, embedding=embedding)
         return out
 
     def _decode_jpegs(self, ready: list[_Ready], trace: BatchTrace | NullTrace) -> list:
@@ -411,7 +411,7 @@ class Pipeline:
             else history.HistoryPolicy(**{**asdict(self.policy), "mode": mode})
         before = batch.state(event.stream_id)
         outcome = history.apply(before, prediction.candidates or ((prediction.label, prediction.score),), policy,
-                                self.same_concept)
+                                self.same_concept, prediction.embedding, event.ts)
         label = ev.LabelEvent(
             event_id=event.event_id, stream_id=event.stream_id, label=outcome.label, raw_label=prediction.label,
             score=round(prediction.score, 6), candidates=[[n, round(p, 6)] for n, p in prediction.candidates],

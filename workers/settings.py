@@ -30,9 +30,11 @@ class Settings:
     decode_threads: int = 0  # threads decoding images; 0: one per CPU the worker may run on
     jpeg_decoder: str = "auto"  # auto: torchvision on a GPU (nvJPEG, batched), else pil; or pil, torchvision
     torch_threads: int = 0  # torch's intra-op threads; 0: 1, or one per CPU for a CPU-bound encoder
-    history_policy: str = "live"  # default per-stream policy: live (smoothing) or upload (naming only)
-    history_margin: float = 0.1
-    history_patience: int = 3
+    history_policy: str = "live"  # default per-stream policy: live (scenes) or upload (naming only)
+    history_similarity: float = 0.6  # cosine to the scene's anchor embedding from which a frame is the scene's
+    history_margin: float = 0.05  # lead in the scene's votes a challenger needs to take the label
+    history_patience: int = 1  # frames that must agree with a far frame before a wary stream changes scene
+    history_patience_s: float = 10.0  # a far frame this long after the previous one changes scene at once
     fetch_timeout_s: float = 10.0
     fetch_retries: int = 2
     max_bytes: int = 20 * 1024 * 1024

@@ -1,20 +1,51 @@
+import msgpack
+import numpy as np
+import pytest
+
 from cased_core import history
 from cased_core.history import HistoryPolicy
 
 SYNONYMS = {frozenset({"cassowary", "casuarius"})}
+DIM = 64
 
 
 def same(a, b):
     return frozenset({a, b}) in SYNONYMS
 
 
+def scene(seed: int) -> np.ndarray:
+    """A scene's embedding: random unit vectors in 64-d are far apart (cosine near 0)."""
+    v = np.random.default_rng(seed).normal(size=DIM)
+    return v / np.linalg.norm(v)
+
+
+def near(base: np.ndarray, seed: int, noise: float = 0.1) -> np.ndarray:
+    """A frame of the scene `base`: cosine above 0.9 to it."""
+    v = base + noise * np.random.default_rng(1000 + seed).normal(size=DIM) / np.sqrt(DIM)
+    return v / np.linalg.norm(v)
+
+
 def run(frames, policy, state=None):
+    """frames: candidates, or (candidates, embedding) or (candidates, embedding, t)."""
     labels = []
     for frame in frames:
-        outcome = history.apply(state, frame, policy, same)
+        candidates, *rest = frame if isinstance(frame, tuple) else (frame,)
+        outcome = history.apply(state, candidates, policy, same, *rest)
         state = outcome.state
         labels.append(outcome.label)
     return labels, state
+
+
+def camera(plan, flicker=None):
+    """plan: (label, scene seed, frames); flicker: {frame index: raw label} for frames of the same scene
+    whose own top name is wrong."""
+    frames, i = [], 0
+    for label, seed, count in plan:
+        for _ in range(count):
+            raw = (flicker or {}).get(i, label)
+            frames.append(([(raw, 0.9), (label if raw != label else "thing", 0.1)], near(scene(seed), i), 0.5 * i))
+            i += 1
+    return frames
 
 
 def test_a_concept_keeps_the_first_name_the_stream_used():
@@ -28,15 +59,83 @@ def test_upload_streams_follow_every_image():
     assert labels == ["dog", "cat", "dog"]
 
 
-def test_live_stream_ignores_flicker_and_follows_a_real_change():
+def test_frames_of_one_scene_outvote_a_wrong_top_name():
+    """Near-tie frames of the same scene (close embeddings) whose own top name is wrong do not move the label."""
+    frames = camera([("star", 1, 12)], flicker={2: "heart", 5: "heart", 6: "heart", 9: "cross"})
+    labels, _ = run(frames, HistoryPolicy())
+    assert labels == ["star"] * 12
+
+
+def test_a_cut_is_followed_at_once_and_a_synonym_keeps_the_name():
+    frames = camera([("cassowary", 1, 5), ("moon", 2, 5), ("casuarius", 3, 5)])
+    labels, state = run(frames, HistoryPolicy())
+    assert labels == ["cassowary"] * 5 + ["moon"] * 5 + ["cassowary"] * 5
+    assert state["changes"] == 2 and state["excursions"] == 0
+
+
+def test_a_one_frame_excursion_is_undone_and_makes_the_stream_wary():
+    """A clean stream trusts a far frame (lag 0 after cuts); once a far frame turned out to be an
+    excursion, the next far frame waits for one more frame before the label moves."""
+    star, blip, moon = scene(1), scene(7), scene(2)
+    frames = [([("star", 1.0)], near(star, i)) for i in range(4)]
+    frames += [([("heart", 1.0)], blip)]  # something passes the camera for one frame
+    frames += [([("star", 1.0)], near(star, i)) for i in range(5, 8)]
+    frames += [([("moon", 1.0)], near(moon, i)) for i in range(8, 11)]  # a real cut
+    labels, state = run(frames, HistoryPolicy())
+    assert labels[:4] == ["star"] * 4
+    assert labels[4] == "heart"  # trusted at once ...
+    assert labels[5:8] == ["star"] * 3  # ... and undone when the scene came back
+    assert labels[8:] == ["star", "moon", "moon"]  # wary now: the cut waits one frame
+    assert state["excursions"] == 1 and state["changes"] == 1
+
+
+def test_patience_frames_must_agree_before_a_wary_stream_changes():
+    star, moon = scene(1), scene(2)
+    state = {**history.new_state(), "excursions": 1}  # a stream that has seen an excursion
+    frames = [([("star", 1.0)], near(star, i)) for i in range(3)] + \
+             [([("moon", 1.0)], near(moon, i)) for i in range(3, 7)]
+    labels, _ = run(frames, HistoryPolicy(patience=2), state)
+    assert labels == ["star"] * 3 + ["star", "star", "moon", "moon"]
+
+
+def test_a_far_frame_after_a_long_gap_changes_at_once_even_in_a_wary_stream():
+    star, moon = scene(1), scene(2)
+    state = {**history.new_state(), "excursions": 5}
+    slow = [([("star", 1.0)], near(star, 0), 0.0), ([("star", 1.0)], near(star, 1), 60.0),
+            ([("moon", 1.0)], near(moon, 2), 120.0)]  # one frame a minute
+    labels, _ = run(slow, HistoryPolicy(patience_s=10.0), state)
+    assert labels == ["star", "star", "moon"]
+    fast = [(c, e, t / 120) for c, e, t in slow]  # the same frames a second apart
+    labels, _ = run(fast, HistoryPolicy(patience_s=10.0), state)
+    assert labels == ["star", "star", "star"]
+
+
+def test_a_scene_that_returns_gets_its_votes_back():
+    """The first scene's votes (star over its near-ties) come back with it, so its first frame back is
+    labelled by all of them, not by that frame's own wrong top name."""
+    star, moon = scene(1), scene(2)
+    frames = [([("star", 0.6), ("heart", 0.4)], near(star, i)) for i in range(6)]
+    frames += [([("moon", 1.0)], near(moon, i)) for i in range(6, 10)]
+    frames += [([("heart", 0.55), ("star", 0.45)], near(star, 10))]
+    labels, state = run(frames, HistoryPolicy())
+    assert labels == ["star"] * 6 + ["moon"] * 4 + ["star"]
+    assert state["scene"]["frames"] == 7
+
+
+def test_without_embeddings_every_frame_votes_in_one_scene():
     flicker = [[("star", 0.55), ("heart", 0.45)], [("heart", 0.52), ("star", 0.48)]] * 4
-    change = [[("moon", 0.9), ("star", 0.1)]] * 5
-    labels, state = run(flicker + change, HistoryPolicy(mode="live", smoothing=0.5, margin=0.1, patience=3))
-    assert set(labels[:8]) == {"star"}  # raw alternates, consistent label stays put
-    assert labels[-1] == "moon"
-    first_moon = labels.index("moon")
-    assert 8 + 2 <= first_moon <= 8 + 4  # changes only after the challenger led long enough
-    assert state["recent"][-1] == "moon" and len(state["recent"]) <= 10
+    change = [[("moon", 0.9), ("star", 0.1)]] * 6
+    labels, _ = run(flicker + change, HistoryPolicy())
+    assert set(labels[:8]) == {"star"}
+    assert labels[-1] == "moon" and labels[8] == "star"  # outvoted first, then followed
+
+
+def test_the_margin_keeps_the_label_on_a_close_call():
+    frames = [[("star", 0.52), ("heart", 0.48)], [("heart", 0.6), ("star", 0.4)]]
+    wide, _ = run(frames, HistoryPolicy(margin=0.3))
+    narrow, _ = run(frames, HistoryPolicy(margin=0.0))
+    assert wide == ["star", "star"]
+    assert narrow == ["star", "heart"]
 
 
 def test_history_is_bounded_and_newest_last():
@@ -46,8 +145,28 @@ def test_history_is_bounded_and_newest_last():
     assert state["names"] == [f"name{i}" for i in range(26, 30)]
 
 
-def test_apply_does_not_mutate_the_given_state():
-    _, state = run([[("dog", 1.0)]], HistoryPolicy(mode="upload"))
-    snapshot = {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
-    history.apply(state, [("cat", 1.0)], HistoryPolicy(mode="upload"), same)
-    assert state["names"] == snapshot["names"] and state["recent"] == snapshot["recent"]
+def test_the_state_is_small_plain_data_and_never_mutated():
+    frames = camera([("star", 1, 5), ("moon", 2, 5), ("star", 1, 2), ("ring", 3, 5), ("arrow", 4, 5)])
+    _, state = run(frames, HistoryPolicy())
+    packed = msgpack.packb(state, use_bin_type=True)
+    assert msgpack.unpackb(packed, raw=False) == state
+    assert len(state["past"]) <= history.MEMORY
+    assert len(state["scene"]["anchor"]) == DIM  # int8: one byte per dimension
+    before = msgpack.packb(state, use_bin_type=True)
+    history.apply(state, [("cat", 1.0)], HistoryPolicy(), same, scene(9), 100.0)
+    assert msgpack.packb(state, use_bin_type=True) == before
+
+
+def test_a_state_from_the_previous_policy_continues():
+    old = {"names": ["dog"], "recent": ["dog"], "average": {"dog": 1.0}, "current": "dog", "challenger": None,
+           "streak": 0}
+    outcome = history.apply(old, [("dog", 0.9), ("cat", 0.1)], HistoryPolicy(), same, scene(1), 1.0)
+    assert outcome.label == "dog" and outcome.history == ["dog", "dog"]
+    assert "average" not in outcome.state and outcome.state["scene"]["frames"] == 1
+
+
+def test_a_bad_policy_setting_is_named():
+    for bad, message in [({"patience": 0}, "patience 0"), ({"similarity": 2.0}, "similarity 2.0"),
+                         ({"margin": -0.1}, "margin -0.1"), ({"mode": "sometimes"}, "'sometimes'")]:
+        with pytest.raises(ValueError, match=message):
+            HistoryPolicy(**bad)

@@ -11,6 +11,8 @@ import helm_python as helm
 import pytest
 import yaml
 
+from workers.settings import Settings
+
 CHART = Path(__file__).resolve().parents[2] / "helm" / "cased-stream"
 
 # Distinctive fake secrets: they must never reach a rendered manifest or an error message.
@@ -123,6 +125,10 @@ def test_defaults_render_a_hardened_worker():
     assert data["CASED_WEB_PORT"] == "6066"
     assert data["CASED_DEVICE"] == "auto"
     assert data["CASED_HISTORY_POLICY"] == "live"
+    settings = Settings.from_env(data)  # the chart's history defaults are the worker's
+    assert (settings.history_similarity, settings.history_margin, settings.history_patience,
+            settings.history_patience_s) == (Settings.history_similarity, Settings.history_margin,
+                                              Settings.history_patience, Settings.history_patience_s)
     assert all(isinstance(v, str) for v in data.values())  # ConfigMap data must be strings
 
     service = one(docs, "Service")
@@ -244,6 +250,8 @@ def test_existing_cache_claim_and_min_available():
     ({"replicas": "3"}, "/replicas"),
     ({"autoscaling": {"mode": "bogus"}}, "/autoscaling/mode"),
     ({"history": {"policy": "sometimes"}}, "/history/policy"),
+    ({"history": {"patience": 0}}, "/history/patience"),
+    ({"history": {"similarity": 1.5}}, "/history/similarity"),
     ({"device": "tpu"}, "/device"),
     ({"kafka": {"partitions": 0}}, "/kafka/partitions"),
     ({"kafka": {"bootstrapServers": ["kafka://kafka:9092"]}}, "/kafka/bootstrapServers"),

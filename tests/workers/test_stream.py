@@ -11,8 +11,10 @@ from collections import defaultdict
 import msgpack
 
 from cased_core import tinyworld
+from cased_core.stream_metrics import switches
+from cased_core.streams import names_of, scripted
 from tests.workers.conftest import (
-    PARTITIONS, TOPICS, answered, collect, http_get, labels_by_event, read_outputs, send, shape, wait_ready,
+    PARTITIONS, TOPICS, answered, collect, http_get, labels_by_event, png, read_outputs, send, shape, wait_ready,
 )
 from topics import events as ev
 from workers.clients import ensure_topics, image_event, producer
@@ -72,14 +74,15 @@ def test_every_event_ends_as_exactly_one_record(broker, s3_endpoint, workers, tm
 
 
 def test_per_stream_order_and_a_flickering_camera(broker, workers):
-    """Frames alternate star/heart: the raw label alternates, the live stream's label stays; then a real
-    scene change (moon) is followed. An upload stream interleaved with it keeps its own order."""
+    """A camera holds a star (every third frame blended with a heart, so its own top name flickers),
+    cuts to a moon, and returns to the same star: the live stream's label is right on every frame,
+    changes exactly at the cut and the return (`changed`), and the star keeps its name and concept
+    id after the return. An upload stream interleaved with it keeps its own order."""
     ensure_topics(broker.url, TOPICS, PARTITIONS)
     worker = workers(broker.url)
-    flicker = [shape("star" if i % 2 == 0 else "heart", 100 + i) for i in range(8)]
-    change = [shape("moon", 200 + i) for i in range(6)]
-    camera = [image_event("camera", frame, {"history": "live", "seq": i}, event_id=f"cam-{i:02d}")
-              for i, frame in enumerate(flicker + change)]
+    stream = scripted("camera", [("star", 12), ("moon", 8), ("star", 8)], seed=9, near_tie_every=3)
+    camera = [image_event("camera", png(frame.image), {"history": "live", "seq": i}, event_id=f"cam-{i:02d}",
+                          ts=1.7e9 + frame.t) for i, frame in enumerate(stream.frames)]
     uploads = [image_event("uploads", shape(c, 300 + i), {"history": "upload", "seq": i}, event_id=f"up-{i:02d}")
                for i, c in enumerate(["circle", "square", "arrow", "cross"])]
     interleaved = [e for pair in zip(camera, uploads + [None] * len(camera)) for e in pair if e is not None]
@@ -90,15 +93,17 @@ def test_per_stream_order_and_a_flickering_camera(broker, workers):
     for topic, value in records:
         label = ev.decode_label_event(value)
         by_stream[label.stream_id].append(label)
-    for stream in ("camera", "uploads"):
-        assert [l.attrs["seq"] for l in by_stream[stream]] == sorted(l.attrs["seq"] for l in by_stream[stream])
+    for name in ("camera", "uploads"):
+        assert [l.attrs["seq"] for l in by_stream[name]] == sorted(l.attrs["seq"] for l in by_stream[name])
     cam = by_stream["camera"]
-    raw = [l.raw_label for l in cam[:8]]
-    # the tiny model names each frame alone ("star", or a WordNet term such as "blue star")
-    assert all(("star" if i % 2 == 0 else "heart") in name for i, name in enumerate(raw)), raw
-    assert {l.label for l in cam[:8]} == {"star"}  # ... and the stream's label does not flicker
-    assert cam[-1].label == "moon" and cam[-1].raw_label == "moon"
-    assert cam[-1].history[-3:] == ["moon"] * 3
+    truth = [frame.concept for frame in stream.frames]
+    raw = [l.raw_label for l in cam]
+    assert any(name not in names_of("star") for name in raw[:12]), raw  # the camera does flicker ...
+    assert all(l.label in names_of(concept) for l, concept in zip(cam, truth)), [l.label for l in cam]
+    assert switches([l.label for l in cam]) == 2 < switches(raw)  # ... its stream's label does not
+    assert [i for i, l in enumerate(cam) if l.changed] == [0, 12, 20]
+    assert cam[20].label == cam[0].label and cam[20].concept == cam[0].concept  # the same name back
+    assert cam[-1].history[-3:] == [cam[0].label] * 3
     assert [l.label for l in by_stream["uploads"]] == [l.raw_label for l in by_stream["uploads"]]
     assert worker.process.poll() is None
 
