@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from cased_core.database import DatabaseError
+from cased_core.errors import DatabaseError
 
 
 def normalise_caption(text: str) -> str:

@@ -14,6 +14,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -27,8 +28,7 @@ from cased_core.database import Database, default_cache_dir
 from cased_core.search import SearchHits
 from cased_core.lexicon import Lexicon, load_lexicon
 from cased_core.model import ClipModel
-
-MODES = ("cased", "cased-reference", "closest-caption", "vocabulary")
+from cased_core.options import MODES, ClassifierConfig
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,6 @@ class Prediction:
     considered: int = 1  # how many candidate names were scored
     # The image's L2-normalised embedding, when the caller kept it (the worker's history compares frames).
     embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    k: int = 10
-    alpha: float = scoring.DEFAULT_ALPHA
-    top_n: int = 5
-    dedup_threshold: float = scoring.DEDUP_THRESHOLD
-    term_cache_size: int = 4096
 
 
 class TermEmbeddings:
@@ -99,11 +90,12 @@ class TermEmbeddings:
         return out
 
 
-def vocabulary_embeddings(model: ClipModel, names: Sequence[str], show_progress: bool = True) -> np.ndarray:
-    """Embeddings of a whole vocabulary, cached on disk per model and vocabulary (WordNet nouns cost
-    minutes with a large text encoder, once)."""
+def vocabulary_embeddings(model: ClipModel, names: Sequence[str], show_progress: bool = True,
+                          cache_dir: str | Path | None = None) -> np.ndarray:
+    """Embeddings of a whole vocabulary, cached on disk per model and vocabulary under `cache_dir`
+    (default: default_cache_dir()): WordNet nouns cost minutes with a large text encoder, once."""
     key = hashlib.sha256((model.identity + "\n" + "\n".join(names)).encode()).hexdigest()[:20]
-    path = default_cache_dir() / "vocabularies" / f"{key}.f16.npy"
+    path = Path(cache_dir or default_cache_dir()) / "vocabularies" / f"{key}.f16.npy"
     if path.is_file():
         return np.load(path).astype(np.float32)
     from tqdm import tqdm
@@ -111,21 +103,22 @@ def vocabulary_embeddings(model: ClipModel, names: Sequence[str], show_progress:
     with tqdm(total=len(names), desc="embedding vocabulary", disable=not show_progress, mininterval=1.0) as bar:
         embeddings = model.encode_texts(names, progress=bar.update)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, embeddings.astype(np.float16))
-    return embeddings
+    stored = embeddings.astype(np.float16)
+    np.save(path, stored)
+    return stored.astype(np.float32)  # what later runs load: the first run labels as they will
 
 
 class Classifier:
     def __init__(self, model: ClipModel, database: Database | None = None, mode: str = "cased",
                  vocabulary: Sequence[str] | None = None, config: ClassifierConfig = ClassifierConfig(),
-                 lexicon: Lexicon | None = None):
+                 lexicon: Lexicon | None = None, cache_dir: str | Path | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode == "vocabulary":
             if not vocabulary:
                 raise ValueError("mode 'vocabulary' needs a non-empty vocabulary")
             self.vocabulary = list(dict.fromkeys(vocabulary))
-            self.vocabulary_embeddings = vocabulary_embeddings(model, self.vocabulary)
+            self.vocabulary_embeddings = vocabulary_embeddings(model, self.vocabulary, cache_dir=cache_dir)
         elif database is None:
             raise ValueError(f"mode {mode!r} needs a caption database")
         if database is not None:

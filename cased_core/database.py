@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 import torch
 
+from cased_core.errors import DatabaseError
 from cased_core.search import ExactSearch, FaissSearch, SearchHits, choose_search
 
 FORMAT = "cased-db/1"
@@ -29,10 +30,6 @@ TINY_DATABASE_DIR = Path(__file__).parent / "data" / "tiny-db"
 
 FILES = ("index.faiss", "embeddings.f16", "captions.bin", "captions.offsets", "terms.txt", "terms.f16",
          "caption_terms.ptr", "caption_terms.ids")
-
-
-class DatabaseError(RuntimeError):
-    """A database that cannot be built or used; the message says what is wrong and how to fix it."""
 
 
 class ModelMismatchError(DatabaseError):

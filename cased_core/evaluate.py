@@ -13,10 +13,7 @@ from cased_core.database import Database
 from cased_core.lexicon import load_lexicon
 from cased_core.metrics import SentenceEmbedder, score_all
 from cased_core.model import ClipModel
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-# The paper's table: CaSED, its baselines, and the upper bound that knows the true class names.
-METHODS = ("cased", "closest-caption", "clip-wordnet", "clip-english", "clip-true-names")
+from cased_core.options import IMAGE_SUFFIXES, METHODS
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ def english_words() -> list[str]:
 
 
 def method_classifier(method: str, model: ClipModel, database: Database, dataset: Dataset,
-                      config: ClassifierConfig) -> Classifier:
+                      config: ClassifierConfig, cache_dir: str | Path | None = None) -> Classifier:
     if method in ("cased", "closest-caption"):
         return Classifier(model, database, mode=method, config=config)
     vocabularies: dict[str, Callable[[], Sequence[str]]] = {
@@ -74,7 +71,7 @@ def method_classifier(method: str, model: ClipModel, database: Database, dataset
     }
     if method not in vocabularies:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    return Classifier(model, mode="vocabulary", vocabulary=vocabularies[method](), config=config)
+    return Classifier(model, mode="vocabulary", vocabulary=vocabularies[method](), config=config, cache_dir=cache_dir)
 
 
 def encode_dataset(model: ClipModel, dataset: Dataset, batch_size: int = 32,
@@ -90,15 +87,16 @@ def encode_dataset(model: ClipModel, dataset: Dataset, batch_size: int = 32,
 
 def evaluate(model: ClipModel, database: Database, dataset: Dataset, methods: Sequence[str] = METHODS,
              config: ClassifierConfig = ClassifierConfig(), embedder: SentenceEmbedder | None = None,
-             show_progress: bool = True) -> list[MethodScores]:
-    """Encode the images once, then classify and score them with every method."""
+             show_progress: bool = True, cache_dir: str | Path | None = None) -> list[MethodScores]:
+    """Encode the images once, then classify and score them with every method (vocabularies' text
+    embeddings cached under `cache_dir`)."""
     from tqdm import tqdm
 
     with tqdm(total=len(dataset.paths), desc="encoding images", disable=not show_progress) as bar:
         embeddings = encode_dataset(model, dataset, progress=bar.update)
     results = []
     for method in methods:
-        classifier = method_classifier(method, model, database, dataset, config)
+        classifier = method_classifier(method, model, database, dataset, config, cache_dir)
         predicted = [p.label for p in classifier.classify_embeddings(embeddings)]
         scores = score_all(predicted, dataset.labels, embedder)
         results.append(MethodScores(method, scores.cluster_accuracy, scores.semantic_similarity,

@@ -32,9 +32,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cased_core.options import HISTORY_POLICIES
+
 LIVE = "live"
 UPLOAD = "upload"
-POLICIES = (LIVE, UPLOAD)
+POLICIES = HISTORY_POLICIES
 
 CHANGES_PER_EXCURSION = 3  # far frames start a scene at once while changes >= this x excursions
 MEMORY = 2  # scenes left that a stream remembers

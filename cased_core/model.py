@@ -10,13 +10,10 @@ import torch
 from PIL import Image
 
 from cased_core.digest import sha256_file
+from cased_core.errors import ModelLoadError
 
 TINY_MODEL_DIR = Path(__file__).parent / "data" / "tiny-model"
 PRODUCTION_DEFAULT = ("ViT-L-14", "openai")  # the paper's model
-
-
-class ModelLoadError(RuntimeError):
-    """A model name, tag or checkpoint that cannot be loaded; the message says how to fix it."""
 
 
 @dataclass

@@ -1,11 +1,10 @@
-"""CaSED's scoring, and the caption steps that feed it (steps 3, 4 and 7 of CASED.md)."""
+"""CaSED's scoring, and the caption steps that feed it (steps 3, 4 and 7 of docs/method.md)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-DEFAULT_ALPHA = 0.7
-DEDUP_THRESHOLD = 0.94
+from cased_core.options import DEDUP_THRESHOLD, DEFAULT_ALPHA
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

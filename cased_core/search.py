@@ -17,8 +17,9 @@ import faiss
 import numpy as np
 import torch
 
+from cased_core.options import SEARCHES
+
 REFINE = 4  # approximate indexes fetch REFINE * k hits and re-rank them exactly
-SEARCHES = ("auto", "exact", "faiss")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from cased_core.lexicon import load_lexicon
 from cased_core.model import load_model
 from workers.databases import load_database
 from cased_core.train import TINY_MODEL_CFG, TINY_PREPROCESS_CFG
-from workers.broker import free_port
+from workers.tools.broker import free_port
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +70,7 @@ def s3_server(s3_endpoint):
 @pytest.fixture
 def broker():
     """A real Kafka-protocol broker (Tansu) on a free loopback port."""
-    from workers.broker import EmbeddedBroker
+    from workers.tools.broker import EmbeddedBroker
 
     with EmbeddedBroker() as running:
         yield running

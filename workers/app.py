@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -94,18 +93,10 @@ class Worker:
     """
 
     @classmethod
-    def init(cls, settings: Settings, pipeline: Pipeline | None = None,
-             telemetry: Telemetry | None = None) -> "Worker":
-        """A worker for `settings`; its model and database load in a thread while the consumer joins
-        its group (both take seconds), unless a ready `pipeline` is given."""
-        loading: Future = Future()
-        costs = pipeline.costs if pipeline is not None else StageCosts()
-        if pipeline is None:
-            loader = ThreadPoolExecutor(1, thread_name_prefix="load")
-            loading = loader.submit(build_pipeline, settings, costs)
-            loader.shutdown(wait=False)
-        else:
-            loading.set_result(pipeline)
+    def init(cls, settings: Settings, pipeline: Pipeline, telemetry: Telemetry | None = None) -> "Worker":
+        """A worker for `settings` around a loaded `pipeline` (`build_pipeline`): the model and
+        database are checked before the consumer joins its group, so a worker that cannot load them
+        never takes partitions."""
         app = WorkerApp(
             settings.app_id, broker=settings.broker, value_serializer="raw", key_serializer="raw",
             topic_partitions=settings.partitions, store="memory://",
@@ -119,9 +110,9 @@ class Worker:
             stream_buffer_maxsize=1024,
             broker_credentials=faust_credentials(settings),  # CASED_KAFKA_*: SASL/TLS, None for PLAINTEXT
         )
-        return cls(settings, app, loading, telemetry or Telemetry.from_env(), WorkerHealth(costs=costs))
+        return cls(settings, app, pipeline, telemetry or Telemetry.from_env(), WorkerHealth(costs=pipeline.costs))
 
-    def __init__(self, settings: Settings, app: WorkerApp, pipeline: Future, telemetry: Telemetry,
+    def __init__(self, settings: Settings, app: WorkerApp, pipeline: Pipeline, telemetry: Telemetry,
                  health: WorkerHealth):
         self.settings, self.app, self.pipeline, self.telemetry, self.health = settings, app, pipeline, telemetry, health
         # acks=False: Faust neither tracks nor commits images.in offsets; `answer` commits the frontier.
@@ -179,7 +170,7 @@ class Worker:
         delivered and committed. The last ones may still be on their way on return (`settle` waits for
         them, and raises what one raised)."""
         consumed = sorted(consumed, key=lambda c: (c.partition, c.offset))
-        pipeline = await asyncio.wrap_future(self.pipeline)
+        pipeline = self.pipeline
         for start in range(0, len(consumed), self.settings.batch_size):
             chunk = consumed[start:start + self.settings.batch_size]
             if self._delivering is not None and self._delivering.done():
@@ -331,19 +322,13 @@ class Worker:
         self.telemetry.observe_lag(self.app.consumer, self.settings.images_topic)
 
     async def load(self) -> None:
-        """A task: the model and database, loaded; when they cannot load, nothing to do but stop."""
-        try:
-            pipeline = await asyncio.wrap_future(self.pipeline)
-        except Exception as err:
-            log.error("cannot load the model and database: %s", err)
-            await self.app.crash(err)
-            return
+        """A task: once the app runs, its health reports what it serves (loaded before it started)."""
+        pipeline = self.pipeline
         self.health.loaded(pipeline.classifier.model.identity, pipeline.database_name, pipeline.serving())
 
     async def release(self, sender, **kwargs) -> None:
         # Sent after the consumer stopped: no batch can start any more.
-        if self.pipeline.done() and not self.pipeline.exception():
-            await self.pipeline.result().close()
+        await self.pipeline.close()
         await asyncio.to_thread(self.telemetry.shutdown)  # flushes the exporters, off the event loop
 
 
@@ -368,11 +353,16 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # Before torch loads OpenMP: idle intra-op threads sleep instead of spinning. Spinning, they burned
     # 1.5 ms of CPU per image (bench stream, tiny model, 640x480), the cores the decode threads need.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    worker = Worker.init(settings)
     # Created here, idempotently, rather than by Faust's declare, whose CreateTopics on an existing
-    # topic lost records on the embedded broker.
+    # topic lost records on the embedded broker. First: an unreachable broker fails in a second.
     ensure_topics(settings.broker, [settings.images_topic, settings.labels_topic, settings.dead_letter_topic],
                   settings.partitions, **kafka_python_options(settings))
     ensure_topics(settings.broker, [history_topic(settings)], settings.partitions,
                   configs={"cleanup.policy": "compact"}, **kafka_python_options(settings))
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    # The consumer joins its group only once the model and database loaded: a worker that cannot load
+    # them fails with one line (ModelLoadError, DatabaseError) and never takes partitions.
+    worker = Worker.init(settings, build_pipeline(settings, StageCosts()))
+    runner = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
+    if not runner.stdout.isatty():  # its progress spinner writes cursor escape codes into logs and pipes
+        runner.spinner = None
+    runner.execute_from_commandline()

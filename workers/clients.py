@@ -104,6 +104,10 @@ def publish(client, topic: str, events: Iterable[ev.ImageEvent], telemetry: Tele
     return ids
 
 
+class MissingTopic(ValueError):
+    """A topic to read that the broker does not have."""
+
+
 def read_records(broker: str, topics: list[str], idle_timeout_s: float | None = 5.0,
                  from_beginning: bool = True, **kafka_options) -> Iterator[tuple[str, bytes | None, bytes]]:
     """(topic, key, value) from every partition of `topics`, without a consumer group; stops after
@@ -133,6 +137,11 @@ def read_messages(broker: str, topics: list[str], idle_timeout_s: float | None =
                 time.sleep(0.2)
                 ids = consumer.partitions_for_topic(topic)
             partitions += [TopicPartition(topic, p) for p in sorted(ids or ())]
+        missing = [t for t in topics if not any(p.topic == t for p in partitions)]
+        if missing:
+            raise MissingTopic(f"no topic {', '.join(missing)} at {broker} after 10 s: a worker creates its "
+                               "topics when it starts; start one, or check the topic names (--labels-topic, "
+                               "--dead-letter-topic, --images-topic)")
         consumer.assign(partitions)
         if from_beginning:
             consumer.seek_to_beginning(*partitions)

@@ -194,8 +194,12 @@ def inspect_jpeg(data: bytes, limits: ImageLimits) -> EncodedJpeg | None:
         return None  # decode_image says what is wrong with it
 
 
+_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
+
+
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
+    # Decoders name the buffer they read ("<_io.BytesIO object at 0x7f...>"): noise to whoever reads it.
+    text = _OBJECT_REPR.sub("the image", " ".join(str(err).split())) or type(err).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
 

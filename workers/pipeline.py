@@ -25,6 +25,7 @@ import torch
 from cased_core import history
 from cased_core.classifier import Classifier, Prediction
 from cased_core.lexicon import Lexicon, concept_id
+from cased_core.options import JPEG_DECODERS
 from cased_core.preprocess import TensorPreprocess, decode_jpegs
 from topics import events as ev
 from workers.costs import StageCosts
@@ -42,8 +43,6 @@ log = logging.getLogger("cased.worker")
 # Above it the encoder is the bound (ViT-B-32: ~80 ms per image on a CPU) and its threads do work.
 ENCODER_PARALLEL_MS = 2.0
 
-
-JPEG_DECODERS = ("auto", "pil", "torchvision")
 
 
 def usable_cpus() -> int:

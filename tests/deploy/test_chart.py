@@ -5,13 +5,14 @@ A missing package is an error, not a skip: CI installs the dev extra.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import helm_python as helm
 import pytest
 import yaml
 
-from workers.settings import Settings
+from workers.settings import Settings, definition, kind
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "cased-stream"
 
@@ -324,3 +325,36 @@ def test_the_documented_gpu_kafka_s3_example_renders():
     assert {r["parameter"] for r in one(docs, "TriggerAuthentication")["spec"]["secretTargetRef"]} == {
         "username", "password", "ca"}
     assert data["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
+
+
+# Chart values -> the setting their CASED_* variable sets (templates/configmap.yaml).
+SETTING_OF_VALUE = {
+    ("kafka", "partitions"): "partitions",
+    ("kafka", "security", "protocol"): "kafka_security_protocol",
+    ("kafka", "security", "sasl", "mechanism"): "kafka_sasl_mechanism",
+    ("batching", "batchSize"): "batch_size",
+    ("batching", "maxWaitSeconds"): "max_wait_s",
+    ("history", "policy"): "history_policy",
+    ("history", "similarity"): "history_similarity",
+    ("history", "margin"): "history_margin",
+    ("history", "patience"): "history_patience",
+    ("history", "patienceSeconds"): "history_patience_s",
+    ("webPort",): "web_port",
+}
+
+
+@pytest.mark.parametrize("path, name", SETTING_OF_VALUE.items(), ids=[".".join(p) for p in SETTING_OF_VALUE])
+def test_the_values_schema_allows_what_the_setting_allows(path, name):
+    """Each value's schema entry carries its setting's bounds and choices, and its default is the
+    setting's default: the worker's one settings definition, restated for Helm, checked here."""
+    node, default = json.loads((CHART / "values.schema.json").read_text()), yaml.safe_load(
+        (CHART / "values.yaml").read_text())
+    for key in path:
+        node, default = node["properties"][key], default[key]
+    meta = definition(name).metadata
+    assert node.get("enum") == (list(meta["choices"]) if meta["choices"] else None)
+    assert (node.get("minimum"), node.get("maximum"), node.get("exclusiveMinimum")) == \
+        (meta["minimum"], meta["maximum"], meta["above"])
+    if not meta["choices"]:
+        assert node["type"] == {"int": "integer", "float": "number", "str": "string"}[kind(definition(name))]
+    assert default == getattr(Settings(), name)

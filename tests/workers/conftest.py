@@ -19,7 +19,7 @@ from PIL import Image
 
 from cased_core import tinyworld
 from topics import events as ev
-from workers.broker import free_port
+from workers.tools.broker import free_port
 from workers.clients import producer, publish, read_records
 
 TOPICS = ("images.in", "labels.out", "images.dlq")
@@ -48,7 +48,7 @@ class WorkerProcess:
         self.web_port = free_port()
         full_env = {**os.environ, "CASED_BROKER": broker_url, "CASED_PARTITIONS": str(PARTITIONS),
                     "CASED_WEB_PORT": str(self.web_port), "CASED_BATCH_SIZE": "8", **(env or {})}
-        command = [sys.executable, "-m", "workers.cli", "worker", "--loglevel", "info"]
+        command = [sys.executable, "-m", "workers.tools.cli", "worker", "--loglevel", "info"]
         if faults:
             full_env["CASED_TEST_FAULTS"] = json.dumps(faults)
             full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))

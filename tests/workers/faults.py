@@ -76,7 +76,7 @@ def install(faults: dict) -> None:
 
 if __name__ == "__main__":
     install(json.loads(os.environ.get("CASED_TEST_FAULTS", "{}")))
-    from workers.cli import main
+    from workers.tools.cli import main
 
     sys.argv[0] = "cased"
     sys.exit(main())

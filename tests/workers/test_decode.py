@@ -21,7 +21,7 @@ from sklearn.datasets import load_sample_images
 from tests.workers.images import BLUE, FIRST_FRAME_RED, RED, hostile_images
 from topics import events as ev
 from cased_core.preprocess import decode_jpegs
-from workers.decode import DecodeError, ImageLimits, decode_image, inspect_jpeg
+from workers.decode import DecodeError, ImageLimits, decode_image, inspect_jpeg, undecodable
 
 # workers.decode silences these at import, but pytest restores the warnings filters after collecting;
 # test_corpus_bounded_in_memory_and_time checks the module's own filters in a fresh process.
@@ -232,3 +232,8 @@ def test_corpus_bounded_in_memory_and_time(corpus, tmp_path):
     assert {n: r["reason"] for n, r in measured["results"].items()} == {n: r for n, (_, r) in corpus.items()}
     assert measured["growth_mib"] < MAX_GROWTH_MIB
     assert max(r["seconds"] for r in measured["results"].values()) < MAX_SECONDS_PER_IMAGE
+
+
+def test_a_decoder_error_names_no_python_object():
+    err = undecodable(OSError("cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e40>"))
+    assert err.detail == "cannot decode the bytes as an image: cannot identify image file the image"

@@ -23,7 +23,7 @@ from aiohttp import web
 from topics.events import (
     FETCH_FAILED, FORBIDDEN_SOURCE, NOT_FOUND, TIMEOUT, TOO_LARGE, UNSUPPORTED_SOURCE, ImageEvent,
 )
-from workers.broker import free_port
+from workers.tools.broker import free_port
 from workers.fetch import FetchError, Fetcher, FetchLimits, address_allowed
 
 PAYLOAD = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4

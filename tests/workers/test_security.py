@@ -31,8 +31,8 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from tests.workers.conftest import PARTITIONS, TOPICS, shape
 from topics import events as ev
-from workers.broker import EmbeddedBroker, free_port
-from workers.cli import main
+from workers.tools.broker import EmbeddedBroker, free_port
+from workers.tools.cli import main
 from workers.clients import ensure_topics, image_event, producer, publish, read_records
 from workers.security import aiokafka_options, faust_credentials, kafka_python_options, kafka_security
 from workers.settings import Settings
@@ -291,9 +291,6 @@ def test_client_objects_are_built_with_the_options(pki):
 
 
 @pytest.mark.parametrize("kafka, message", [
-    (dict(security_protocol="TLS"), "CASED_KAFKA_SECURITY_PROTOCOL='TLS' is not one of PLAINTEXT, SSL, "),
-    (dict(security_protocol="SASL_SSL", sasl_mechanism="GSSAPI", sasl_username="u", sasl_password=PASSWORD),
-     "CASED_KAFKA_SASL_MECHANISM='GSSAPI' is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
     (dict(security_protocol="SASL_SSL"),
      "CASED_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs CASED_KAFKA_SASL_USERNAME and CASED_KAFKA_SASL_PASSWORD"),
     (dict(security_protocol="SASL_PLAINTEXT", sasl_username="u"),

@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from cased_core.classifier import Classifier
 from cased_core.history import HistoryPolicy
 from topics import events as ev
-from workers.broker import free_port
+from workers.tools.broker import free_port
 from workers.clients import ensure_topics, image_event, producer, publish, read_messages
 from workers.fetch import Fetcher, FetchLimits
 from workers.histories import MemoryStore

@@ -1,5 +1,5 @@
 from cased_core.stream_metrics import Frame
-from workers.eval_stream import hindsight
+from workers.tools.eval_stream import hindsight
 
 SYNONYMS = {frozenset({"moon", "crescent"})}
 

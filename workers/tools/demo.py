@@ -1,25 +1,33 @@
 """`cased demo`: everything local, one command.
 
 Starts the embedded broker, a local S3 endpoint (moto, real HTTP), one worker with the tiny model and
-database, publishes a simulated camera (tiny-world frames with scene changes and near-ties, stored
-in S3 and published as s3:// references) and an upload stream of real photos shipped in packages
-(inline frames), prints labels as they arrive (raw vs consistent) and shuts everything down.
+database, and the live view (`cased view`, its URL printed first), publishes a simulated camera
+(tiny-world frames with scene changes and near-ties, stored in S3 and published as s3:// references)
+and an upload stream of real photos shipped in packages (inline frames), prints labels as they arrive
+(raw vs consistent) and shuts everything down (at a terminal, once Enter is pressed, so that the view
+can be looked at). The worker's output and the servers' and clients' logs go to files in a work
+folder, named at the start, so that the terminal shows only the demo.
 """
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Iterator
 
 import numpy as np
 from PIL import Image
 
 from cased_core import tinyworld
 from topics import events as ev
-from workers.broker import EmbeddedBroker, free_port
+from workers.tools.broker import EmbeddedBroker, free_port
 from workers.clients import ensure_topics, image_event, producer, publish, read_records
 from workers.settings import Settings
 
@@ -61,12 +69,15 @@ def jpeg(image: Image.Image, max_side: int = 384) -> bytes:
     return out.getvalue()
 
 
-def start_worker(settings: Settings, broker_url: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_worker(settings: Settings, broker_url: str, extra_env: dict[str, str] | None = None,
+                 output: IO | None = None) -> subprocess.Popen:
+    """`cased worker` in its own process; its output goes to `output` (default: stderr, since stdout
+    carries the demo's labels or a benchmark's JSON)."""
     env = {**os.environ, "CASED_BROKER": broker_url, "CASED_MODEL": settings.model,
            "CASED_DATABASE": settings.database, "CASED_WEB_PORT": str(free_port()), **(extra_env or {})}
-    # The worker's own output goes to stderr: stdout carries the demo's labels or a benchmark's JSON.
-    return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--loglevel", "warning"], env=env,
-                            stdout=sys.stderr, stderr=sys.stderr)
+    output = output or sys.stderr
+    return subprocess.Popen([sys.executable, "-m", "workers.tools.cli", "worker", "--loglevel", "warning"], env=env,
+                            stdout=output, stderr=output)
 
 
 def stop_worker(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
@@ -85,7 +96,7 @@ def local_s3(frames: list[bytes]):
     from moto.server import ThreadedMotoServer
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "demo",
            "AWS_SECRET_ACCESS_KEY": "demo", "AWS_DEFAULT_REGION": "us-east-1", "CASED_S3_BUCKETS": "camera-1"}
@@ -99,16 +110,78 @@ def local_s3(frames: list[bytes]):
     return server, env, uris
 
 
-def run_demo(frames: int = 12, timeout_s: float = 120.0) -> None:
+# Loggers of the libraries the demo runs in its own process: moto's S3 server (werkzeug logs every
+# request), the Kafka clients (the live view's aiokafka, kafka-python's reader) and the view itself.
+QUIET_LOGGERS = ("werkzeug", "aiokafka", "kafka", "cased")
+
+
+@contextmanager
+def logs_to(path: Path, names: tuple[str, ...] = QUIET_LOGGERS):
+    """Sends the records of loggers `names` to the file `path` rather than the terminal, for the
+    duration; their handlers and settings are restored afterwards."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    saved = []
+    for name in names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.propagate, logger.level))
+        logger.handlers, logger.propagate = [handler], False
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, handlers, propagate, level in saved:
+            logger.handlers, logger.propagate, logger.level = handlers, propagate, level
+        handler.close()
+
+
+def start_view(settings: Settings, broker_url: str, s3_env: dict[str, str]):
+    """The live view of the demo's topics on a free loopback port, started; the camera's s3:// frames
+    are fetched for thumbnails through the worker's guarded fetcher, with the worker's limits and the
+    demo's S3 endpoint."""
+    import boto3
+
+    from workers.app import fetch_limits
+    from workers.fetch import Fetcher
+    from workers.tools.view import ViewThread
+
+    view_settings = replace(settings, broker=broker_url, s3_buckets=s3_env["CASED_S3_BUCKETS"])
+    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name=s3_env["AWS_DEFAULT_REGION"],
+                      aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
+    view = ViewThread(view_settings, port=0, fetch_thumbnails=True,
+                      fetcher=Fetcher(fetch_limits(view_settings), s3_client=s3))
+    view.start()
+    return view
+
+
+def run_demo(frames: int = 12, timeout_s: float = 120.0, keep_view: bool | None = None) -> None:
+    """Runs the demo (see the module's docstring).
+
+    Args:
+        frames: camera frames per scene.
+        timeout_s: how long the worker may take to answer every event.
+        keep_view: once every record arrived, keep everything up until Enter is pressed, so that the
+            live view can be looked at; default: when stdin is a terminal.
+
+    Raises:
+        RuntimeError: the worker did not answer every event in time (its log is named).
+    """
     settings = Settings.from_env()
-    with EmbeddedBroker() as broker:
+    work = Path(tempfile.mkdtemp(prefix="cased-demo-"))
+    print(f"logs (worker, S3 endpoint, Kafka clients) in {work}")
+    with logs_to(work / "demo.log"), EmbeddedBroker() as broker, open(work / "worker.log", "w") as worker_log:
         print(f"embedded broker on {broker.address}")
         s3, s3_env, uris = local_s3([jpeg(f) for f in camera_frames(frames)])
         print(f"local S3 endpoint on {s3_env['AWS_ENDPOINT_URL']} holding {len(uris)} camera frames")
         ensure_topics(broker.url, [settings.images_topic, settings.labels_topic, settings.dead_letter_topic],
                       settings.partitions)
-        worker = start_worker(settings, broker.url, s3_env)
+        worker = view = None
         try:
+            view = start_view(settings, broker.url, s3_env)
+            print(f"live view: {view.server.url}", flush=True)
+            worker = start_worker(settings, broker.url, s3_env, output=worker_log)
             camera = [image_event("camera-1", uri, {"history": "live"}) for uri in uris]
             uploads = [image_event("uploads", jpeg(photo), {"history": "upload", "name": name})
                        for name, photo in package_photos()]
@@ -136,7 +209,16 @@ def run_demo(frames: int = 12, timeout_s: float = 120.0) -> None:
                     break
             print(f"{seen} of {expected} records received")
             if seen != expected:
-                raise RuntimeError(f"the worker answered {seen} of {expected} events in {timeout_s}s")
+                raise RuntimeError(f"the worker answered {seen} of {expected} events in {timeout_s}s; "
+                                   f"see its log, {work / 'worker.log'}")
+            if keep_view if keep_view is not None else sys.stdin.isatty():
+                try:
+                    input(f"the live view stays up at {view.server.url}: press Enter to stop ")
+                except EOFError:  # stdin closed: nobody is there to press it
+                    pass
         finally:
-            stop_worker(worker)
+            if worker is not None:
+                stop_worker(worker)
+            if view is not None:
+                view.stop()  # before the broker goes: its Kafka clients would log every retry
             s3.stop()

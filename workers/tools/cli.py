@@ -3,94 +3,134 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Sequence
 
-from workers.settings import Settings
+from cased_core import options
+from workers.settings import Settings, add_flags, apply_flags
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "cased_core" / "data" / "samples"
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "cased_core" / "data" / "samples"
 
 
 class CliError(Exception):
     """A user error: printed as one line naming what was wrong and how to fix it."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (no usage block) that points at --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# The worker's flags beyond the model's and the broker's: every setting it reads that has a flag.
+WORKER_FLAGS = ("cache_dir", "k", "search", "search_memory_mb", "alpha", "top_n", "app_id", "partitions", "batch_size",
+                "fetch_wait_ms", "max_wait_s", "decode_threads", "jpeg_decoder", "torch_threads", "history_policy",
+                "history_similarity", "history_margin", "history_patience", "history_patience_s", "fetch_timeout_s",
+                "fetch_retries", "max_bytes", "max_pixels", "s3_buckets", "file_root", "allow_private_hosts",
+                "web_port")
+
+
 def _model_args(parser: argparse.ArgumentParser, settings: Settings, database: bool = True) -> None:
-    parser.add_argument("--model", default=settings.model,
-                        help="'tiny', an open_clip architecture (ViT-L-14) or a checkpoint folder [env CASED_MODEL]")
-    parser.add_argument("--pretrained", default=settings.pretrained,
-                        help="open_clip pretrained tag (openai) or checkpoint file [env CASED_PRETRAINED]")
-    parser.add_argument("--device", default=settings.device, help="auto, cpu or cuda [env CASED_DEVICE]")
-    if database:
-        parser.add_argument("--database", default=settings.database,
-                            help="'tiny', a database folder or s3://bucket/prefix [env CASED_DATABASE]")
+    add_flags(parser, settings, "model", "pretrained", "device", *(["database"] if database else []))
 
 
 def _load_model(args):
     from cased_core.model import load_model
 
-    return load_model(args.model, args.pretrained, args.device)
+    settings = apply_flags(args, args.settings)
+    return load_model(settings.model, settings.pretrained, settings.device)
 
 
 def _load_database(args, model):
     from workers.databases import load_database
 
-    return load_database(args.database, model.identity, args.cache_dir)
+    settings = apply_flags(args, args.settings)
+    return load_database(settings.database, model.identity, settings.cache_dir)
+
+
+def _classifier_config(args):
+    from cased_core.classifier import ClassifierConfig
+
+    settings = apply_flags(args, args.settings)
+    return ClassifierConfig(k=settings.k, alpha=settings.alpha, top_n=settings.top_n)
 
 
 def _image_paths(inputs: Sequence[str]) -> list[Path]:
-    from cased_core.evaluate import IMAGE_SUFFIXES
-
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            paths.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in options.IMAGE_SUFFIXES))
         elif path.is_file():
             paths.append(path)
         else:
             raise CliError(f"{item}: no such file or folder; pass image files or folders of images")
     if not paths:
-        raise CliError(f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise CliError(f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(options.IMAGE_SUFFIXES))})")
     return paths
 
 
-def cmd_classify(args) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    from cased_core.classifier import Classifier, ClassifierConfig
+def _vocabulary(args) -> list[str] | None:
+    """The names `--mode vocabulary` scores, checked before any model loads."""
+    if args.mode != "vocabulary":
+        if args.vocabulary:
+            raise CliError("--vocabulary is used with --mode vocabulary only; add --mode vocabulary or drop it")
+        return None
     from cased_core.evaluate import english_words
     from cased_core.lexicon import load_lexicon
 
+    sources = {"wordnet": lambda: sorted(load_lexicon().terms), "english": english_words}
+    if not args.vocabulary:
+        raise CliError("--mode vocabulary needs --vocabulary wordnet, english, or a text file with one name a line")
+    if args.vocabulary in sources:
+        return sources[args.vocabulary]()
+    path = Path(args.vocabulary)
+    if not path.is_file():
+        raise CliError(f"--vocabulary {args.vocabulary}: no such file; give wordnet, english, or a text file "
+                       "with one name a line")
+    try:
+        names = [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise CliError(f"--vocabulary {path}: cannot read it as UTF-8 text ({type(err).__name__}); "
+                       "give a text file with one name a line") from None
+    if not names:
+        raise CliError(f"--vocabulary {path} holds no names: write one name a line")
+    return names
+
+
+def cmd_classify(args) -> None:
+    """Labels every readable image; each file that cannot be read is reported on stderr, and the
+    command exits non-zero at the end when any could not."""
+    from cased_core.classifier import Classifier
+    from workers.decode import DecodeError, ImageLimits, decode_image
+
     paths = _image_paths(args.images or [str(SAMPLES_DIR)])
+    vocabulary = _vocabulary(args)
     model = _load_model(args)
-    vocabulary = None
-    if args.mode == "vocabulary":
-        sources = {"wordnet": lambda: sorted(load_lexicon().terms), "english": english_words}
-        if args.vocabulary in sources:
-            vocabulary = sources[args.vocabulary]()
-        elif args.vocabulary and Path(args.vocabulary).is_file():
-            vocabulary = [w.strip() for w in Path(args.vocabulary).read_text().splitlines() if w.strip()]
-        else:
-            raise CliError("--mode vocabulary needs --vocabulary wordnet, english, or a file with one name a line")
     database = None if args.mode == "vocabulary" else _load_database(args, model)
-    classifier = Classifier(model, database, args.mode, vocabulary,
-                            ClassifierConfig(k=args.k, alpha=args.alpha, top_n=args.top))
-    images = []
+    classifier = Classifier(model, database, args.mode, vocabulary, _classifier_config(args),
+                            cache_dir=apply_flags(args, args.settings).cache_dir)
+    limits = ImageLimits(max_pixels=apply_flags(args, args.settings).max_pixels)
+    readable, images, failed = [], [], 0
     for path in paths:
         try:
-            images.append(Image.open(path).convert("RGB"))
-        except (UnidentifiedImageError, OSError) as err:
-            raise CliError(f"{path}: not a readable image ({err})") from err
-    for path, prediction in zip(paths, classifier.classify(images)):
+            images.append(decode_image(path.read_bytes(), limits, None))
+            readable.append(path)
+        except (DecodeError, OSError) as err:  # the same guarded decode as the worker's
+            failed += 1
+            print(f"cased: {path}: not classified: {getattr(err, 'detail', None) or err}", file=sys.stderr)
+    for path, prediction in zip(readable, classifier.classify(images) if images else []):
         if args.json:
             print(json.dumps({"path": str(path), "label": prediction.label, "score": round(prediction.score, 4),
                               "candidates": [[n, round(p, 4)] for n, p in prediction.candidates]}))
         else:
             others = ", ".join(f"{n} {p:.2f}" for n, p in prediction.candidates[1:])
             print(f"{path.name}: {prediction.label} ({prediction.score:.2f})" + (f"  [{others}]" if others else ""))
+    if failed:
+        raise CliError(f"{failed} of {len(paths)} files could not be classified (see above)")
 
 
 def cmd_db_build(args) -> None:
@@ -114,20 +154,20 @@ def cmd_db_import(args) -> None:
 def cmd_db_info(args) -> None:
     from workers.databases import load_database
 
-    database = load_database(args.database, cache_dir=args.cache_dir)
+    settings = apply_flags(args, args.settings)
+    database = load_database(settings.database, cache_dir=settings.cache_dir)
     print(json.dumps({"path": str(database.path), "name": database.name, **database.manifest}, indent=2))
 
 
 def cmd_eval(args) -> None:
     if args.dataset == "stream":
         return cmd_eval_stream(args)
-    from cased_core.classifier import ClassifierConfig
     from cased_core.evaluate import evaluate, load_dataset
 
     dataset = load_dataset(args.dataset)
     model = _load_model(args)
-    results = evaluate(model, _load_database(args, model), dataset, args.methods,
-                       ClassifierConfig(k=args.k, alpha=args.alpha))
+    results = evaluate(model, _load_database(args, model), dataset, args.methods, _classifier_config(args),
+                       cache_dir=apply_flags(args, args.settings).cache_dir)
     if args.json:
         for r in results:
             print(json.dumps({"method": r.method, "cluster_accuracy": round(r.cluster_accuracy, 4),
@@ -144,9 +184,9 @@ def cmd_eval(args) -> None:
 def cmd_eval_stream(args) -> None:
     """`cased eval stream`: the raw and the consistent labels on simulated streams with known truth."""
     from workers.app import build_pipeline
-    from workers.eval_stream import eval_stream
+    from workers.tools.eval_stream import eval_stream
 
-    figures = eval_stream(build_pipeline(_settings_from(args, args.settings)), streams_per_scenario=args.streams,
+    figures = eval_stream(build_pipeline(apply_flags(args, args.settings)), streams_per_scenario=args.streams,
                           seed=args.seed, scenarios=args.scenarios)
     if args.json:
         print(json.dumps(figures))
@@ -163,7 +203,7 @@ def cmd_eval_stream(args) -> None:
 
 
 def cmd_bench_core(args) -> None:
-    from workers.bench import bench_core
+    from workers.tools.bench import bench_core
 
     figures = bench_core(model_name=args.model, entries=args.entries, batch_size=args.batch_size,
                          images=args.images, reference_images=args.reference_images,
@@ -194,7 +234,7 @@ def _worker_env(pairs: list[str] | None) -> dict[str, str]:
 
 
 def cmd_bench_stream(args) -> None:
-    from workers.bench_stream import bench_stream
+    from workers.tools.bench_stream import bench_stream
 
     figures = bench_stream(model_name=args.model, batch_size=args.batch_size, events=args.events,
                            repeats=args.repeats, sizes=tuple(args.sizes), source=args.source, device=args.device,
@@ -203,7 +243,7 @@ def cmd_bench_stream(args) -> None:
 
 
 def cmd_bench_overload(args) -> None:
-    from workers.bench_overload import bench_overload
+    from workers.tools.bench_overload import bench_overload
 
     figures = bench_overload(model_name=args.model, batch_size=args.batch_size, duration_s=args.duration_s,
                              factor=args.factor, worker_env=_worker_env(args.worker_env))
@@ -211,7 +251,7 @@ def cmd_bench_overload(args) -> None:
 
 
 def cmd_tiny_build(args) -> None:
-    from workers.tiny import build_tiny
+    from workers.tools.tiny import build_tiny
 
     build_tiny(Path(args.out), steps=args.steps, captions=args.captions, seed=args.seed)
 
@@ -223,18 +263,11 @@ def cmd_tiny_render(args) -> None:
     print(f"wrote {args.per_class} images for each of 10 categories under {root}")
 
 
-def _settings_from(args, settings: Settings) -> Settings:
-    """The environment's settings with the flags given on the command line applied."""
-    overrides = {f.name: getattr(args, f.name) for f in fields(Settings)
-                 if getattr(args, f.name, None) is not None}
-    return replace(settings, **overrides)
-
-
 def cmd_worker(args) -> None:
     from workers.app import run_worker
     from workers.security import kafka_security
 
-    settings = _settings_from(args, args.settings)
+    settings = apply_flags(args, args.settings)
     kafka_security(settings).ssl_context()  # a Kafka misconfiguration fails now, not after the model loaded
     run_worker(settings, loglevel=args.loglevel)
 
@@ -244,7 +277,7 @@ def cmd_publish(args) -> None:
     from workers.security import kafka_python_options
     from workers.telemetry import Telemetry
 
-    settings = _settings_from(args, args.settings)
+    settings = apply_flags(args, args.settings)
     kafka = kafka_python_options(settings)
     attrs = dict(pair.split("=", 1) for pair in args.attr or [])
     if args.history:
@@ -255,13 +288,14 @@ def cmd_publish(args) -> None:
             sources.append(item)
         else:
             sources.extend(_image_paths([item]))
-    events = [image_event(args.stream, source, attrs) for source in sources]
+    # attrs.source names each image in its label event (`cased labels` shows it), unless given.
+    events = [image_event(args.stream, source, {"source": str(source), **attrs}) for source in sources]
     ensure_topics(settings.broker, [settings.images_topic], settings.partitions, **kafka)
     client = producer(settings.broker, **kafka)
     telemetry = Telemetry.from_env(service_name="cased-publisher")  # with OTEL_*: a trace per image
     try:
-        for event_id in publish(client, settings.images_topic, events, telemetry):
-            print(event_id)
+        for event_id, source in zip(publish(client, settings.images_topic, events, telemetry), sources):
+            print(f"{event_id}  {source}")
     finally:
         client.close()
         telemetry.shutdown()
@@ -275,14 +309,16 @@ def format_record(topic: str, value: bytes, dead_letter_topic: str) -> str:
         return f"DEAD {letter.stream_id or '?'} {letter.event_id or '?'}: {letter.reason} ({letter.detail})"
     label = ev.decode_label_event(value)
     changed = "" if label.label == label.raw_label else f"  (raw: {label.raw_label})"
-    return f"{label.stream_id} {label.event_id[:8]}: {label.label} {label.score:.2f}{changed}"
+    source = label.attrs.get("source") if isinstance(label.attrs, dict) else None
+    named = f" {source}" if isinstance(source, str) and source else ""
+    return f"{label.stream_id} {label.event_id[:8]}{named}: {label.label} {label.score:.2f}{changed}"
 
 
 def cmd_labels(args) -> None:
     from workers.clients import read_records
     from workers.security import kafka_python_options
 
-    settings = _settings_from(args, args.settings)
+    settings = apply_flags(args, args.settings)
     topics = [settings.labels_topic] + ([settings.dead_letter_topic] if args.dead_letters else [])
     for topic, _, value in read_records(settings.broker, topics, None if args.follow else args.idle,
                                         **kafka_python_options(settings)):
@@ -295,27 +331,42 @@ def cmd_labels(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from workers.demo import run_demo
+    from workers.tools.demo import run_demo
 
     run_demo(frames=args.frames)
 
 
+def cmd_local(args) -> None:
+    """`cased local`: a broker and an S3 endpoint on loopback until Ctrl-C (exit status 130)."""
+    from workers.tools.local import run_local
+
+    try:
+        status = run_local(args.settings, broker_port=args.broker_port, s3_port=args.s3_port, bucket=args.bucket)
+    except RuntimeError as err:  # the embedded broker missing or not starting: say so in one line
+        raise CliError(str(err)) from err
+    raise SystemExit(status)
+
+
+def cmd_view(args) -> None:
+    """`cased view`: a live web page of labels.out, images.dlq and images.in, until Ctrl-C."""
+    import asyncio
+
+    from workers.security import kafka_security
+    from workers.tools.view import serve
+
+    settings = apply_flags(args, args.settings)
+    kafka_security(settings).ssl_context()  # a Kafka misconfiguration fails now, in one line
+    try:
+        asyncio.run(serve(settings, args.host, args.port, fetch_thumbnails=args.fetch_thumbnails))
+    except OSError as err:  # only listening raises it: the reader retries Kafka errors itself
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}; "
+                       "pick another --port or --host") from err
+
+
 def _broker_args(parser: argparse.ArgumentParser, settings: Settings) -> None:
-    parser.add_argument("--broker", help=f"kafka://HOST:PORT[,...] [env CASED_BROKER, now {settings.broker}]")
-    parser.add_argument("--images-topic", help=f"[env CASED_IMAGES_TOPIC, now {settings.images_topic}]")
-    parser.add_argument("--labels-topic", help=f"[env CASED_LABELS_TOPIC, now {settings.labels_topic}]")
-    parser.add_argument("--dead-letter-topic", help=f"[env CASED_DEAD_LETTER_TOPIC, now {settings.dead_letter_topic}]")
     # No flags for the SASL username and password: command lines leak (ps, shell history, pod specs).
-    parser.add_argument("--kafka-security-protocol", metavar="PROTOCOL",
-                        help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL "
-                        f"[env CASED_KAFKA_SECURITY_PROTOCOL, now {settings.kafka_security_protocol}]")
-    parser.add_argument("--kafka-sasl-mechanism", metavar="MECHANISM",
-                        help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; the credentials come from "
-                        "CASED_KAFKA_SASL_USERNAME and CASED_KAFKA_SASL_PASSWORD only "
-                        f"[env CASED_KAFKA_SASL_MECHANISM, now {settings.kafka_sasl_mechanism}]")
-    parser.add_argument("--kafka-ca-file", metavar="PEM",
-                        help="CA bundle the brokers' certificates are checked against (SSL, SASL_SSL); "
-                        "default: the system CAs [env CASED_KAFKA_CA_FILE]")
+    add_flags(parser, settings, "broker", "images_topic", "labels_topic", "dead_letter_topic",
+              "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_ca_file", "kafka_cert_file", "kafka_key_file")
 
 
 def _bench_parser(bench, name: str, description: str) -> argparse.ArgumentParser:
@@ -329,19 +380,16 @@ def _bench_parser(bench, name: str, description: str) -> argparse.ArgumentParser
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cased", description="Vocabulary-free image classification (CaSED)")
-    parser.add_argument("--cache-dir", default=settings.cache_dir,
-                        help="cache for s3:// databases and vocabularies [env CASED_CACHE_DIR]")
+    parser = Parser(prog="cased", description="Vocabulary-free image classification (CaSED)")
+    add_flags(parser, settings, "cache_dir")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("classify", help="classify local image files or folders")
     p.add_argument("images", nargs="*", help="image files or folders (default: the bundled samples)")
     _model_args(p, settings)
-    p.add_argument("--mode", default="cased", choices=["cased", "cased-reference", "closest-caption", "vocabulary"])
+    p.add_argument("--mode", default="cased", choices=options.MODES)
     p.add_argument("--vocabulary", help="with --mode vocabulary: wordnet, english, or a file with one name a line")
-    p.add_argument("--k", type=int, default=settings.k, help="captions retrieved per image [env CASED_K]")
-    p.add_argument("--alpha", type=float, default=settings.alpha, help="visual weight [env CASED_ALPHA]")
-    p.add_argument("--top", type=int, default=settings.top_n, help="candidates shown [env CASED_TOP_N]")
+    add_flags(p, settings, "k", "alpha", "top_n", aliases={"top_n": "--top"})
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.set_defaults(func=cmd_classify)
 
@@ -368,13 +416,11 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                             "or `eval stream`: label consistency on simulated streams")
     p.add_argument("dataset", help="a dataset folder, or 'stream' (a folder named stream: ./stream)")
     _model_args(p, settings)
-    from cased_core.evaluate import METHODS
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--k", type=int, default=settings.k)
-    p.add_argument("--alpha", type=float, default=settings.alpha)
+    p.add_argument("--methods", nargs="+", default=list(options.METHODS), choices=list(options.METHODS))
+    add_flags(p, settings, "k", "alpha")
     p.add_argument("--json", action="store_true", help="one JSON object per method (stream: one object)")
     from cased_core.streams import SCENARIOS
-    from workers.eval_stream import HELD_OUT_SEED
+    from workers.tools.eval_stream import HELD_OUT_SEED
     p.add_argument("--streams", type=int, default=6, help="stream: streams per scenario")
     p.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="stream: the streams' seed (held out by default)")
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS, help="stream: scenarios")
@@ -386,8 +432,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--entries", type=int, default=1_000_000, help="database size")
     p.add_argument("--images", type=int, default=256, help="images timed for encode and classify")
     p.add_argument("--reference-images", type=int, default=8, help="images timed reference-style (slow)")
-    from cased_core.search import SEARCHES
-    p.add_argument("--search", default=settings.search, choices=SEARCHES,
+    p.add_argument("--search", default=settings.search, choices=options.SEARCHES,
                    help="auto: exact on a GPU when the embeddings fit 4 GiB, else faiss [env CASED_SEARCH]")
     p.set_defaults(func=cmd_bench_core)
     p = _bench_parser(bench, "stream", "embedded broker + one worker: images/s answered and worker CPU per "
@@ -415,18 +460,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p = commands.add_parser("worker", help="run one streaming worker against any Kafka cluster")
     _broker_args(p, settings)
     _model_args(p, settings)
-    p.add_argument("--batch-size", type=int, help=f"[env CASED_BATCH_SIZE, now {settings.batch_size}]")
-    p.add_argument("--max-wait-s", type=float, help=f"[env CASED_MAX_WAIT_S, now {settings.max_wait_s}]")
-    p.add_argument("--history-policy", choices=["live", "upload"], help="default per-stream policy "
-                   f"[env CASED_HISTORY_POLICY, now {settings.history_policy}]")
-    p.add_argument("--web-port", type=int, help=f"health endpoint port [env CASED_WEB_PORT, now {settings.web_port}]")
-    p.add_argument("--loglevel", default="info")
+    add_flags(p, settings, *WORKER_FLAGS)
+    p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_worker)
 
     p = commands.add_parser("publish", help="publish image references (uris, files, folders) to images.in")
     p.add_argument("sources", nargs="+", help="s3://, http(s)://, file:// uris, local image files or folders")
     p.add_argument("--stream", required=True, help="stream_id: the Kafka key; one camera or upload stream")
-    p.add_argument("--history", choices=["live", "upload"], help="history policy for this stream")
+    p.add_argument("--history", choices=options.HISTORY_POLICIES, help="history policy for this stream")
     p.add_argument("--attr", action="append", metavar="KEY=VALUE", help="attribute passed through to labels.out")
     _broker_args(p, settings)
     p.set_defaults(func=cmd_publish)
@@ -438,6 +479,26 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object a line (bytes as hex)")
     _broker_args(p, settings)
     p.set_defaults(func=cmd_labels)
+
+    p = commands.add_parser("local", help="a broker and an S3 endpoint on loopback, to try worker, publish and "
+                            "labels by hand; prints the settings to export")
+    p.add_argument("--broker-port", type=int, default=0, help="the broker's port (0: a free one)")
+    p.add_argument("--s3-port", type=int, default=0, help="the S3 endpoint's port (0: a free one)")
+    p.add_argument("--bucket", default="frames", help="the bucket to create")
+    p.set_defaults(func=cmd_local)
+
+    p = commands.add_parser("view", help="a live web page of the streams: labels and their changes, thumbnails, "
+                            "dead letters by reason, events per second, lag per partition")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: loopback only, since the page shows what the streams carry)")
+    p.add_argument("--port", type=int, default=6067, help="port to listen on (0: a free one)")
+    p.add_argument("--fetch-thumbnails", action="store_true",
+                   help="also fetch s3://, http(s):// and file:// frames for thumbnails, through the worker's guarded "
+                   "fetcher with its limits (--s3-buckets, --file-root, ...); default: inline frames only")
+    _broker_args(p, settings)
+    add_flags(p, settings, "app_id", "max_bytes", "max_pixels", "s3_buckets", "file_root", "allow_private_hosts",
+              "fetch_timeout_s", "fetch_retries")
+    p.set_defaults(func=cmd_view)
 
     p = commands.add_parser("demo", help="embedded broker + worker + a camera and an upload stream")
     p.add_argument("--frames", type=int, default=12, help="camera frames per scene")
@@ -461,22 +522,27 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cased_core.database import DatabaseError
-    from cased_core.model import ModelLoadError
+    """Runs a command; returns the exit status: 0, 2 for a user error (one line on stderr naming what
+    was wrong and how to fix it), 130 after Ctrl-C (quietly)."""
+    from cased_core.errors import DatabaseError, ModelLoadError
     from workers.compat import IncompatibleDependency
 
     try:
         settings = Settings.from_env()
-    except ValueError as err:
-        print(f"cased: error: {err}", file=sys.stderr)
-        return 2
-    args = build_parser(settings).parse_args(argv)
-    args.settings = settings
-    try:
+        args = build_parser(settings).parse_args(argv)
+        args.settings = settings
         args.func(args)
+    except KeyboardInterrupt:
+        # Objects the interrupt cut short in their constructor (a kafka-python client) fail again in
+        # their finaliser while the process exits: nothing anyone can act on.
+        sys.unraisablehook = lambda unraisable: None
+        return 130
+    except BrokenPipeError:  # the reader went away (`cased labels | head`): nobody is left to tell
+        sys.stdout = open(os.devnull, "w")
+        return 1
     except (CliError, DatabaseError, ModelLoadError, FileNotFoundError, ValueError, ConnectionError,
             IncompatibleDependency) as err:
-        print(f"cased: error: {err}", file=sys.stderr)
+        print(f"cased: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     return 0
 

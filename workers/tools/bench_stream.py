@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.benchkit import Answers, Publisher, camera_frames, proc_kb, say, spread
+from workers.tools.benchkit import Answers, Publisher, camera_frames, proc_kb, say, spread
 
 SIZES = ("640x480", "1920x1080")
 SOURCES = ("inline", "s3")
@@ -58,7 +58,7 @@ def _status(port: int) -> dict:
 def _database(model_name: str, device: str, entries: int, frames: list[bytes], work_dir: Path) -> str:
     """'tiny' for the tiny model; for an open_clip architecture (random init: its cost is the
     architecture's), a synthetic database of `entries` captions centred partly on the frames, built once
-    under `work_dir` (workers.bench.synthetic_database)."""
+    under `work_dir` (workers.tools.bench.synthetic_database)."""
     if model_name == "tiny":
         return "tiny"
     import io
@@ -67,7 +67,7 @@ def _database(model_name: str, device: str, entries: int, frames: list[bytes], w
     from PIL import Image
 
     from cased_core.model import load_model
-    from workers.bench import synthetic_database
+    from workers.tools.bench import synthetic_database
 
     model = load_model(model_name, None, device)
     pixels = torch.stack([model.preprocess(Image.open(io.BytesIO(f)).convert("RGB")) for f in frames[:256]])
@@ -94,9 +94,9 @@ class _GpuBusy:
 def _one_run(broker_url: str, tag: str, size: str, frames: list[bytes], events: int, model_name: str,
              batch_size: int, device: str, source: str, worker_env: dict[str, str]) -> dict:
     """Publish `events` frames to the run's own topics, start one worker, measure it; stop it."""
-    from workers.broker import free_port
+    from workers.tools.broker import free_port
     from workers.clients import ensure_topics, image_event
-    from workers.demo import local_s3, start_worker, stop_worker
+    from workers.tools.demo import local_s3, start_worker, stop_worker
     from workers.settings import Settings
 
     topics = {"CASED_IMAGES_TOPIC": f"{tag}.images.in", "CASED_LABELS_TOPIC": f"{tag}.labels.out",
@@ -192,7 +192,7 @@ def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3
         >>> figures = bench_stream(events=3000)  # doctest: +SKIP
         >>> figures["sizes"]["640x480"]["images_per_s"]["median"]  # doctest: +SKIP
     """
-    from workers.broker import EmbeddedBroker
+    from workers.tools.broker import EmbeddedBroker
 
     if repeats < 1 or events < 10 * batch_size:
         raise ValueError("bench stream needs repeats >= 1 and events >= 10 x batch_size")

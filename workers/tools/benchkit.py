@@ -21,7 +21,7 @@ def camera_frames(count: int, seed: int = 3, size: tuple[int, int] = (640, 480))
     from PIL import Image, ImageOps
     from skimage import data
 
-    from workers.demo import jpeg
+    from workers.tools.demo import jpeg
 
     rng = np.random.default_rng(seed)
     sources = [Image.fromarray(getattr(data, name)()).convert("RGB")

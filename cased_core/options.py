@@ -1,0 +1,26 @@
+"""The choices the core offers and its configuration, as plain data: importable without torch, so
+that the settings, the command line and the chart's values schema read them from here instead of
+restating them."""
+from dataclasses import dataclass
+
+DEFAULT_ALPHA = 0.7  # CaSED's weight of image-to-name against caption-centroid-to-name similarity
+DEDUP_THRESHOLD = 0.94  # retrieved captions closer than this (cosine) count once
+
+MODES = ("cased", "cased-reference", "closest-caption", "vocabulary")  # cased_core.classifier
+SEARCHES = ("auto", "exact", "faiss")  # cased_core.search: where the nearest captions are found
+JPEG_DECODERS = ("auto", "pil", "torchvision")  # where a batch's JPEGs are decoded (cased_core.preprocess)
+HISTORY_POLICIES = ("live", "upload")  # cased_core.history
+# cased_core.evaluate: the paper's table, CaSED, its baselines, and the upper bound that knows the true class names
+METHODS = ("cased", "closest-caption", "clip-wordnet", "clip-english", "clip-true-names")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    k: int = 10  # captions retrieved per image
+    alpha: float = DEFAULT_ALPHA
+    top_n: int = 5  # candidates reported
+    dedup_threshold: float = DEDUP_THRESHOLD
+    term_cache_size: int = 4096  # text embeddings of names not in the database, kept
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # files taken as images
