@@ -26,9 +26,8 @@ from workers.clients import ensure_topics, image_event
 from workers.decode import ImageLimits
 from workers.fetch import Fetcher, FetchLimits
 from workers.settings import Settings
-from workers.tools.view import (
-    OTHER_REASON, Page, RateCounter, ViewServer, ViewState, make_thumbnail, partition_lag,
-)
+from workers.tools.view import Page, ViewServer, make_thumbnail
+from workers.tools.view_state import OTHER_REASON, RateCounter, ViewState, partition_lag
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; `.ci/run` installs it
 ARTIFACTS = REPO / "test-artifacts"  # ignored by git; CI keeps what the browser test saves there
