@@ -143,7 +143,7 @@ class _Live:
     def see(self, votes: dict[str, float], vector: np.ndarray | None, t: float | None) -> str:
         """The label after a frame with these (sharpened) votes and unit embedding (None: unknown)."""
         s = self.state
-        frame = {"anchor": _quantise(vector), "votes": votes, "frames": 1}
+        frame = {"anchor": _quantise(vector), "votes": votes}
         scene, held, left = s["scene"], s["held"], s["left"]
         s["held"], s["left"] = [], None
         if scene is None:

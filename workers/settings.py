@@ -150,25 +150,30 @@ def parse(f, raw: str):
         raise SettingError(f"not a valid {kind(f)}") from None
 
 
+def problem(f, value) -> str | None:
+    """What is wrong with `value` for setting `f`, or None when it is allowed."""
+    meta = f.metadata
+    if value is None:
+        return None
+    if meta["choices"] is not None and value not in meta["choices"]:
+        return f"choose one of {', '.join(map(str, meta['choices']))}"
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        return f"must be at least {meta['minimum']}"
+    if meta["maximum"] is not None and value > meta["maximum"]:
+        return f"must be at most {meta['maximum']}"
+    if meta["above"] is not None and value <= meta["above"]:
+        return f"must be more than {meta['above']}"
+    if f.name == "broker" and not _brokers_ok(value):
+        return "expected kafka://HOST:PORT, several separated by commas (no http://, tcp:// or path)"
+    return None
+
+
 def check(f, value) -> None:
     """Raises SettingError naming `f`, its variable and its flag, when `value` is not allowed."""
-    meta = f.metadata
-    problem = None
-    if value is None:
-        return
-    if meta["choices"] is not None and value not in meta["choices"]:
-        problem = f"choose one of {', '.join(map(str, meta['choices']))}"
-    elif meta["minimum"] is not None and value < meta["minimum"]:
-        problem = f"must be at least {meta['minimum']}"
-    elif meta["maximum"] is not None and value > meta["maximum"]:
-        problem = f"must be at most {meta['maximum']}"
-    elif meta["above"] is not None and value <= meta["above"]:
-        problem = f"must be more than {meta['above']}"
-    elif f.name == "broker" and not _brokers_ok(value):
-        problem = "expected kafka://HOST:PORT, several separated by commas (no http://, tcp:// or path)"
-    if problem:
-        where = env_name(f.name) + (f" or {flag_name(f.name)}" if meta["flag"] else "")
-        raise SettingError(f"{f.name} {value!r}: {problem} (set with {where})")
+    wrong = problem(f, value)
+    if wrong:
+        where = env_name(f.name) + (f" or {flag_name(f.name)}" if f.metadata["flag"] else "")
+        raise SettingError(f"{f.name} {value!r}: {wrong} (set with {where})")
 
 
 def _brokers_ok(value: str) -> bool:
@@ -204,13 +209,16 @@ def add_flags(parser, settings: Settings, *names: str, aliases: dict[str, str] |
 
 
 def _flag_value(f, raw: str):
+    """argparse's `type` for setting `f`: its error names the flag and the value itself."""
+    import argparse
+
     try:
         value = parse(f, raw)
-        check(f, value)
     except SettingError as err:
-        import argparse
-
-        raise argparse.ArgumentTypeError(str(err).split(" (set with")[0].removeprefix(f"{f.name} ")) from None
+        raise argparse.ArgumentTypeError(f"{raw!r}: {err}") from None
+    wrong = problem(f, value)
+    if wrong:
+        raise argparse.ArgumentTypeError(f"{value!r}: {wrong}")
     return value
 
 

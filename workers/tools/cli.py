@@ -40,21 +40,20 @@ def _model_args(parser: argparse.ArgumentParser, settings: Settings, database: b
 def _load_model(args):
     from cased_core.model import load_model
 
-    settings = apply_flags(args, args.settings)
+    settings = args.settings
     return load_model(settings.model, settings.pretrained, settings.device)
 
 
 def _load_database(args, model):
     from workers.databases import load_database
 
-    settings = apply_flags(args, args.settings)
-    return load_database(settings.database, model.identity, settings.cache_dir)
+    return load_database(args.settings.database, model.identity, args.settings.cache_dir)
 
 
 def _classifier_config(args):
-    from cased_core.classifier import ClassifierConfig
+    from cased_core.options import ClassifierConfig
 
-    settings = apply_flags(args, args.settings)
+    settings = args.settings
     return ClassifierConfig(k=settings.k, alpha=settings.alpha, top_n=settings.top_n)
 
 
@@ -112,8 +111,8 @@ def cmd_classify(args) -> None:
     model = _load_model(args)
     database = None if args.mode == "vocabulary" else _load_database(args, model)
     classifier = Classifier(model, database, args.mode, vocabulary, _classifier_config(args),
-                            cache_dir=apply_flags(args, args.settings).cache_dir)
-    limits = ImageLimits(max_pixels=apply_flags(args, args.settings).max_pixels)
+                            cache_dir=args.settings.cache_dir)
+    limits = ImageLimits(max_pixels=args.settings.max_pixels)
     readable, images, failed = [], [], 0
     for path in paths:
         try:
@@ -154,7 +153,7 @@ def cmd_db_import(args) -> None:
 def cmd_db_info(args) -> None:
     from workers.databases import load_database
 
-    settings = apply_flags(args, args.settings)
+    settings = args.settings
     database = load_database(settings.database, cache_dir=settings.cache_dir)
     print(json.dumps({"path": str(database.path), "name": database.name, **database.manifest}, indent=2))
 
@@ -167,7 +166,7 @@ def cmd_eval(args) -> None:
     dataset = load_dataset(args.dataset)
     model = _load_model(args)
     results = evaluate(model, _load_database(args, model), dataset, args.methods, _classifier_config(args),
-                       cache_dir=apply_flags(args, args.settings).cache_dir)
+                       cache_dir=args.settings.cache_dir)
     if args.json:
         for r in results:
             print(json.dumps({"method": r.method, "cluster_accuracy": round(r.cluster_accuracy, 4),
@@ -186,7 +185,7 @@ def cmd_eval_stream(args) -> None:
     from workers.app import build_pipeline
     from workers.tools.eval_stream import eval_stream
 
-    figures = eval_stream(build_pipeline(apply_flags(args, args.settings)), streams_per_scenario=args.streams,
+    figures = eval_stream(build_pipeline(args.settings), streams_per_scenario=args.streams,
                           seed=args.seed, scenarios=args.scenarios)
     if args.json:
         print(json.dumps(figures))
@@ -267,7 +266,7 @@ def cmd_worker(args) -> None:
     from workers.app import run_worker
     from workers.security import kafka_security
 
-    settings = apply_flags(args, args.settings)
+    settings = args.settings
     kafka_security(settings).ssl_context()  # a Kafka misconfiguration fails now, not after the model loaded
     run_worker(settings, loglevel=args.loglevel)
 
@@ -277,7 +276,7 @@ def cmd_publish(args) -> None:
     from workers.security import kafka_python_options
     from workers.telemetry import Telemetry
 
-    settings = apply_flags(args, args.settings)
+    settings = args.settings
     kafka = kafka_python_options(settings)
     attrs = dict(pair.split("=", 1) for pair in args.attr or [])
     if args.history:
@@ -318,7 +317,7 @@ def cmd_labels(args) -> None:
     from workers.clients import read_records
     from workers.security import kafka_python_options
 
-    settings = apply_flags(args, args.settings)
+    settings = args.settings
     topics = [settings.labels_topic] + ([settings.dead_letter_topic] if args.dead_letters else [])
     for topic, _, value in read_records(settings.broker, topics, None if args.follow else args.idle,
                                         **kafka_python_options(settings)):
@@ -354,7 +353,7 @@ def cmd_view(args) -> None:
     from workers.security import kafka_security
     from workers.tools.view import serve
 
-    settings = apply_flags(args, args.settings)
+    settings = args.settings
     kafka_security(settings).ssl_context()  # a Kafka misconfiguration fails now, in one line
     try:
         asyncio.run(serve(settings, args.host, args.port, fetch_thumbnails=args.fetch_thumbnails))
@@ -528,9 +527,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.compat import IncompatibleDependency
 
     try:
-        settings = Settings.from_env()
-        args = build_parser(settings).parse_args(argv)
-        args.settings = settings
+        environment = Settings.from_env()
+        args = build_parser(environment).parse_args(argv)
+        args.settings = apply_flags(args, environment)  # once, checked: each command reads it from here
         args.func(args)
     except KeyboardInterrupt:
         # Objects the interrupt cut short in their constructor (a kafka-python client) fail again in
