@@ -92,10 +92,13 @@ def dead_letter(reason: str, detail: str, value: bytes | None, event_id: str | N
     cut to MAX_DEAD_PAYLOAD_BYTES (and says so), the detail to MAX_DETAIL_CHARS, ids over their bound
     are left out."""
     value = value or b""
-    if len(detail) > MAX_DETAIL_CHARS:
-        detail = detail[:MAX_DETAIL_CHARS - 3] + "..."
-    return DeadLetter(reason, detail, value[:MAX_DEAD_PAYLOAD_BYTES], _bounded_id(event_id),
+    return DeadLetter(reason, bounded_detail(detail), value[:MAX_DEAD_PAYLOAD_BYTES], _bounded_id(event_id),
                       _bounded_id(stream_id), len(value), len(value) > MAX_DEAD_PAYLOAD_BYTES)
+
+
+def bounded_detail(detail: str) -> str:
+    """`detail` cut to MAX_DETAIL_CHARS (details quote what producers send, which can be megabytes)."""
+    return detail if len(detail) <= MAX_DETAIL_CHARS else detail[:MAX_DETAIL_CHARS - 3] + "..."
 
 
 def _bounded_id(value: str | None) -> str | None:

@@ -4,12 +4,20 @@ Offsets: the worker commits images.in itself, never Faust's acks. Per partition 
 the next offset to answer (workers/offsets.py), advanced only after a batch's records were delivered
 (the broker acknowledged them); records Faust skipped are read back and answered in order before
 anything after them. The agent runs with concurrency 1 and a revocation waits for the batch in flight.
+
+A dependency failing for everyone (workers/failures.py) pauses the batch that met it, and with it the
+agent: the events stay unanswered and uncommitted until the dependency is back (workers/outages.py).
+A revocation or a stop does not wait for that: the paused batch is abandoned, uncommitted, for whoever
+owns its partitions next. A device lost for good ends the worker with EXIT_DEVICE_LOST, nothing
+committed past the batches delivered before it.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -20,10 +28,12 @@ from topics import events as ev
 from workers import compat
 from workers.clients import bootstrap, ensure_topics
 from workers.costs import StageCosts
+from workers.failures import DeviceLost
 from workers.fetch import Fetcher, FetchLimits
 from workers.health import WorkerHealth
 from workers.histories import ChangelogStore
 from workers.offsets import Consumed, Frontier, Gap, read_partition, read_range
+from workers.outages import Abandoned, Outages
 from workers.produce import Record, send_records
 from workers.security import aiokafka_options, faust_credentials, kafka_python_options
 from workers.settings import Settings
@@ -37,6 +47,7 @@ log = logging.getLogger("cased.worker")
 COMMIT_ATTEMPTS = 3  # tries per batch, with backoff, before the batch's commit counts as failed
 COMMIT_BACKOFF_S = 0.2  # before the second try, doubled for each next one
 COMMIT_FAILURES_FATAL = 3  # batches in a row whose commit failed: the worker stops taking events
+EXIT_DEVICE_LOST = 3  # the exit status of a worker whose device failed for good: restart it clean
 
 
 class WorkerApp(faust.App):
@@ -80,8 +91,9 @@ def build_pipeline(settings: Settings, costs: StageCosts | None = None) -> Pipel
     pipeline = Pipeline(classifier, Fetcher(fetch_limits(settings)), policy, load_lexicon(), database.name,
                         image_limits=ImageLimits(max_pixels=settings.max_pixels),
                         decode_threads=settings.decode_threads or None, torch_threads=settings.torch_threads or None,
-                        jpeg_decoder=settings.jpeg_decoder, costs=costs)
-    pipeline.warm_up(settings.batch_size)
+                        jpeg_decoder=settings.jpeg_decoder, costs=costs, batch_size=settings.batch_size,
+                        outages=Outages(budget_s=settings.outage_budget_s))
+    pipeline.warm_up()
     return pipeline
 
 
@@ -93,10 +105,11 @@ class Worker:
     """
 
     @classmethod
-    def init(cls, settings: Settings, pipeline: Pipeline, telemetry: Telemetry | None = None) -> "Worker":
+    def init(cls, settings: Settings, pipeline: Pipeline, telemetry: Telemetry | None = None,
+             stop: Callable[[], None] | None = None) -> "Worker":
         """A worker for `settings` around a loaded `pipeline` (`build_pipeline`): the model and
         database are checked before the consumer joins its group, so a worker that cannot load them
-        never takes partitions."""
+        never takes partitions. `stop`: ends the process gracefully (a SIGTERM to itself by default)."""
         app = WorkerApp(
             settings.app_id, broker=settings.broker, value_serializer="raw", key_serializer="raw",
             topic_partitions=settings.partitions, store="memory://",
@@ -110,11 +123,15 @@ class Worker:
             stream_buffer_maxsize=1024,
             broker_credentials=faust_credentials(settings),  # CASED_KAFKA_*: SASL/TLS, None for PLAINTEXT
         )
-        return cls(settings, app, pipeline, telemetry or Telemetry.from_env(), WorkerHealth(costs=pipeline.costs))
+        health = WorkerHealth(costs=pipeline.costs, outages=pipeline.outages, batch_limit=pipeline.batch_limit)
+        return cls(settings, app, pipeline, telemetry or Telemetry.from_env(), health,
+                   stop or (lambda: os.kill(os.getpid(), signal.SIGTERM)))
 
     def __init__(self, settings: Settings, app: WorkerApp, pipeline: Pipeline, telemetry: Telemetry,
-                 health: WorkerHealth):
+                 health: WorkerHealth, stop: Callable[[], None]):
         self.settings, self.app, self.pipeline, self.telemetry, self.health = settings, app, pipeline, telemetry, health
+        self.stop = stop
+        self.device_lost: str | None = None  # why the worker ends: its exit status is then EXIT_DEVICE_LOST
         # acks=False: Faust neither tracks nor commits images.in offsets; `answer` commits the frontier.
         self.images = app.topic(settings.images_topic, key_type=bytes, value_type=bytes,
                                 partitions=settings.partitions, acks=False)
@@ -149,6 +166,7 @@ class Worker:
         app.page("/ready")(_view(lambda: ({"ready": health.ready()}, health.ready())))
         app.page("/live")(_view(lambda: ({"live": health.live()}, health.live())))
         app.page("/status")(_view(lambda: (health.status(), True)))
+        telemetry.observe_outages(pipeline.outages.status)
 
     # -- the data path -----------------------------------------------------------------------------
 
@@ -161,7 +179,10 @@ class Worker:
             async with self.answering:
                 plan = self.frontier.plan([(c.partition, c.offset) for c in delivered])
                 batch = await self.read_back(plan.gaps) + [delivered[i] for i in plan.take]
-                await self.answer(batch)
+                try:
+                    await self.answer(batch)
+                except (Abandoned, DeviceLost):  # answered again, by this worker or the next
+                    self.frontier.forget_taken()
 
     async def answer(self, consumed: list[Consumed]) -> None:
         """Answer records, each partition's in offset order, in batches of at most `batch_size` (a
@@ -190,6 +211,10 @@ class Worker:
         delivering and committing, chained after the batch before's, while the next batch goes on."""
         try:
             records = await pipeline.finish(prepared, self.histories)
+        except DeviceLost as lost:
+            self.frontier.forget_taken()
+            self.end(lost)
+            raise
         except BaseException:
             self.frontier.forget_taken()  # answered again, by this worker or the next
             raise
@@ -220,8 +245,27 @@ class Worker:
 
     async def settle(self) -> None:
         """Wait until every batch taken so far is answered and committed (raises what one raised)."""
-        await self._classified()
-        await self._delivered()
+        try:
+            await self._classified()
+        finally:
+            await self._delivered()
+
+    async def settle_abandoning(self) -> None:
+        """`settle`, with a batch paused by an outage abandoned instead of waited for: its events stay
+        uncommitted (a revocation, a stop). A batch whose device was lost is not answered either."""
+        self.pipeline.outages.abandon()
+        with contextlib.suppress(Abandoned, DeviceLost):
+            await self.settle()
+
+    def end(self, lost: DeviceLost) -> None:
+        """The device cannot recover in this process: not live from now on, and stop (gracefully: the
+        batches delivered before it commit, nothing after them does); the exit status says why."""
+        if self.device_lost is None:
+            self.device_lost = lost.detail
+            log.error("the device failed for good (%s): the worker stops; events not answered stay uncommitted",
+                      lost.detail)
+            self.health.halt(f"device lost: {lost.detail}")
+            self.stop()
 
     def finishing(self) -> bool:
         """Whether a batch taken is still on its way (in the model, being delivered or committed)."""
@@ -276,8 +320,9 @@ class Worker:
         return found
 
     async def _drain(self) -> None:
+        self.pipeline.outages.abandon()  # a stop does not wait for a dependency to come back
         await self.answering.acquire()
-        await self.settle()
+        await self.settle_abandoning()
 
     async def answer_skipped_tails(self) -> None:
         """The timer: a skipped record with nothing after it never shows up in a batch; only the
@@ -305,13 +350,17 @@ class Worker:
 
     async def on_revoked(self, sender, revoked, **kwargs) -> None:
         # Sent while the flow is stopped: let the batch in flight finish and commit before the
-        # partitions move, so that no other worker answers its events too.
+        # partitions move, so that no other worker answers its events too; one paused by an outage is
+        # abandoned (uncommitted) rather than holding the whole group's rebalance.
+        self.pipeline.outages.abandon()
         async with self.answering:
-            await self.settle()
+            await self.settle_abandoning()
 
     async def on_assigned(self, sender, assigned, **kwargs) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.images_topic)
         log.info("assigned %s partitions: %s", self.settings.images_topic, mine)
+        if self.device_lost is None:
+            self.pipeline.outages.carry_on()  # batches wait outages out again
         self.health.assigned(mine)
         self.histories.assign(mine)  # restores the new partitions' histories; batches wait for them
         compat.require_live(self.app.consumer)  # raising here crashes the app: refused, with why
@@ -365,4 +414,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     runner = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
     if not runner.stdout.isatty():  # its progress spinner writes cursor escape codes into logs and pipes
         runner.spinner = None
-    runner.execute_from_commandline()
+    try:
+        runner.execute_from_commandline()
+    finally:
+        if worker.device_lost is not None:
+            raise SystemExit(EXIT_DEVICE_LOST)

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
 from topics import events as ev
+from workers.failures import RecordFault
 
 # Pillow's raster formats that photos and web images come in. Its other plugins are more attack
 # surface than use: EPS runs Ghostscript; PSD, ICO, PCX and the like parse headers in Python with
@@ -78,12 +79,8 @@ _NUMERIC_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 _GIF_BLOCK = re.compile(rb"[!,;]")
 
 
-class DecodeError(Exception):
+class DecodeError(RecordFault):
     """Bytes that do not become a classifiable image; `reason` is a dead-letter reason code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)

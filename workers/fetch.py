@@ -8,7 +8,15 @@
   every redirect hop goes through the same check;
 - S3: only the configured buckets; file://: only under the configured root;
 - byte limits on every source, one deadline per attempt, retries with backoff on transient errors.
-Failures raise FetchError with a dead-letter reason code, and only FetchError, whatever the URI.
+
+Whose fault a failure is (workers/failures.py): a FetchError is the record's, with a dead-letter reason
+code; a SystemFault names the storage the worker is configured with (the S3 endpoint and its
+credentials, the file root) failing for everyone. A transient failure of S3 or of the file root that
+outlasts the retries is put to the storage itself (`_s3_answers`: the bucket's HEAD; `_root_answers`:
+the root's listing): when that fails too, the storage is down (SystemFault: the worker pauses and keeps the event);
+when it answers, the object alone fails and gets one more try before it is the record's fault. A
+third-party HTTP origin is not the worker's storage: its failures are the record's after the
+retries. Nothing else escapes, whatever the URI.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import yarl
 from topics.events import (
     FETCH_FAILED, FORBIDDEN_SOURCE, NOT_FOUND, TIMEOUT, TOO_LARGE, UNSUPPORTED_SOURCE, ImageEvent,
 )
+from workers.failures import STORAGE, RecordFault, SystemFault, describe
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 # Whether one address may be contacted; the fetcher also applies it to every IPv4 address embedded in
@@ -47,12 +56,21 @@ _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 _IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 
 
-class FetchError(Exception):
+class FetchError(RecordFault):
+    """The record's fault; `transient`: worth another attempt (a timeout, a 5xx, a reset connection)."""
+
     def __init__(self, reason: str, detail: str, transient: bool = False):
-        if len(detail) > 1000:  # details quote what producers send; dead letters carry the full value anyway
-            detail = detail[:1000] + "..."
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail, self.transient = reason, detail, transient
+        super().__init__(reason, detail)
+        self.transient = transient
+
+
+# S3 answers that say the worker's credentials are refused, whatever the object: the system's fault.
+_S3_CREDENTIALS = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                             "TokenRefreshRequired", "RequestTimeTooSkewed", "InvalidClientTokenId",
+                             "ExpiredTokenException"})
+# S3 answers of an endpoint that is busy or failing: worth retrying, then put to the endpoint itself.
+_S3_BUSY = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
+                      "InternalError", "RequestLimitExceeded"})
 
 
 @dataclass(frozen=True)
@@ -166,6 +184,12 @@ def _split(uri: str):
         raise FetchError(UNSUPPORTED_SOURCE, f"cannot parse {_show(uri)}: {err}") from err
 
 
+def _s3_answer(err) -> tuple[str, int]:
+    """A botocore ClientError's error code and HTTP status."""
+    return (err.response.get("Error", {}).get("Code", ""),
+            err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
 class Fetcher:
     """One per worker; owns an HTTP session and an S3 client.
 
@@ -191,6 +215,12 @@ class Fetcher:
         return None if event.image is None else self._capped(event.image, "inline image")
 
     async def fetch(self, event: ImageEvent) -> bytes:
+        """The event's image bytes.
+
+        Raises:
+            FetchError: the record's fault (not_found, forbidden_source, too_large, ...), after retries.
+            SystemFault: the worker's storage (S3 endpoint, file root) fails for everyone.
+        """
         if event.image is not None:
             return self.inline(event)
         if not isinstance(event.uri, str):
@@ -201,26 +231,70 @@ class Fetcher:
         if handler is None:
             raise FetchError(UNSUPPORTED_SOURCE, f"unsupported uri scheme {scheme!r} in {_show(event.uri)}; "
                                                  "use s3://, http(s)://, file:// or inline image bytes")
-        return await self._with_retries(handler, event.uri)
+        storage = {"s3": self._s3_answers, "file": self._root_answers}.get(scheme)
+        try:
+            return await self._with_retries(handler, event.uri)
+        except FetchError as err:
+            if not err.transient or storage is None:
+                raise
+            # Outlasted the retries: the storage fails for everyone (SystemFault), or this object does.
+            await storage(event.uri, err)
+            return await self._attempt(handler, event.uri)
 
     async def _with_retries(self, handler, uri: str) -> bytes:
         delay = self.limits.backoff_s
         for attempt in range(self.limits.retries + 1):
             try:
-                return await asyncio.wait_for(handler(uri), self.limits.timeout_s)
-            except asyncio.TimeoutError:
-                error = FetchError(TIMEOUT, f"{_show(uri)} took longer than {self.limits.timeout_s}s",
-                                   transient=True)
+                return await self._attempt(handler, uri)
             except FetchError as err:
-                error = err
-            except Exception as err:  # a library raising what nothing here expects: a dead letter, not a crash
-                error = FetchError(FETCH_FAILED, f"{_show(uri)}: unexpected {type(err).__name__}: {err}")
-                error.__cause__ = err
-            if not error.transient or attempt == self.limits.retries:
-                raise error
+                if not err.transient or attempt == self.limits.retries:
+                    raise
             await asyncio.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
+
+    async def _attempt(self, handler, uri: str) -> bytes:
+        """One try under the deadline; nothing but FetchError and SystemFault escapes."""
+        try:
+            return await asyncio.wait_for(handler(uri), self.limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise FetchError(TIMEOUT, f"{_show(uri)} took longer than {self.limits.timeout_s}s",
+                             transient=True) from None
+        except (FetchError, SystemFault):
+            raise
+        except Exception as err:  # a library raising what nothing here expects: a dead letter, not a crash
+            raise FetchError(FETCH_FAILED, f"{_show(uri)}: unexpected {type(err).__name__}: {err}") from err
+
+    async def _s3_answers(self, uri: str, failure: FetchError) -> None:
+        """Whether the S3 endpoint answers at all: a HEAD of the bucket. Any answer of the endpoint's own
+        (found, missing, forbidden) will do; failing, throttled or unreachable raises SystemFault."""
+        bucket = _split(uri).netloc
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._s3_head_bucket, bucket), self.limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise SystemFault(STORAGE, f"S3 endpoint: HEAD of bucket {bucket!r} took longer than "
+                                       f"{self.limits.timeout_s}s ({failure.detail})") from None
+
+    def _s3_head_bucket(self, bucket: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._s3_client().head_bucket(Bucket=bucket)
+        except ClientError as err:
+            code, status = _s3_answer(err)
+            if status >= 500 or code in _S3_BUSY or code in _S3_CREDENTIALS:
+                raise SystemFault(STORAGE, f"S3 endpoint: HEAD of bucket {bucket!r} answered {code or status}") \
+                    from err
+        except BotoCoreError as err:
+            raise SystemFault(STORAGE, f"S3 endpoint: {describe(err)}") from err
+
+    async def _root_answers(self, uri: str, failure: FetchError) -> None:
+        """Whether the file root can be read at all (a network mount gone, a disk failing)."""
+        root = self.limits.file_root
+        try:
+            await asyncio.wait_for(asyncio.to_thread(os.listdir, root), self.limits.timeout_s)
+        except (OSError, asyncio.TimeoutError) as err:
+            raise SystemFault(STORAGE, f"file root {str(root)!r}: {describe(err)} ({failure.detail})") from err
 
     def _capped(self, data: bytes, what: str) -> bytes:
         if len(data) > self.limits.max_bytes:
@@ -253,6 +327,8 @@ class Fetcher:
             if err.errno in (errno.EACCES, errno.EPERM):
                 raise FetchError(FORBIDDEN_SOURCE, f"{_show(uri)}: {err.strerror}") from err
             missing = err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP)
+            if missing and not os.path.isdir(self.limits.file_root):  # the root itself is gone (unmounted)
+                raise SystemFault(STORAGE, f"file root {str(self.limits.file_root)!r} is gone") from err
             raise FetchError(NOT_FOUND if missing else FETCH_FAILED, f"{_show(uri)}: {err.strerror}",
                              transient=not missing) from err
         try:
@@ -277,30 +353,43 @@ class Fetcher:
             raise FetchError(FORBIDDEN_SOURCE, f"bucket {bucket!r} is not allowed; add it to CASED_S3_BUCKETS")
         return await asyncio.to_thread(self._s3_get_blocking, bucket, key, uri)
 
-    def _s3_get_blocking(self, bucket: str, key: str, uri: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
-
+    def _s3_client(self):
         if self._s3 is None:
             import boto3
+            from botocore.config import Config
 
-            self._s3 = boto3.client("s3")
+            # One attempt per call within the fetch's deadline: the retries, and what a failure that
+            # outlasts them means, are the fetcher's (botocore's own would retry for a minute unseen).
+            self._s3 = boto3.client("s3", config=Config(
+                connect_timeout=self.limits.timeout_s, read_timeout=self.limits.timeout_s,
+                retries={"mode": "standard", "total_max_attempts": 1}))
+        return self._s3
+
+    def _s3_get_blocking(self, bucket: str, key: str, uri: str) -> bytes:
+        from botocore.exceptions import (
+            BotoCoreError, ClientError, NoCredentialsError, ParamValidationError, PartialCredentialsError,
+        )
+
         try:
-            response = self._s3.get_object(Bucket=bucket, Key=key)
+            response = self._s3_client().get_object(Bucket=bucket, Key=key)
             with response["Body"] as body:
                 if response.get("ContentLength", 0) > self.limits.max_bytes:
                     raise FetchError(TOO_LARGE, f"{_show(uri)} is {response['ContentLength']} bytes, over "
                                                 f"{self.limits.max_bytes}")
                 return self._capped(body.read(self.limits.max_bytes + 1), _show(uri))
         except ClientError as err:
-            code = err.response.get("Error", {}).get("Code", "")
-            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            code, status = _s3_answer(err)
             if code in ("NoSuchKey", "NoSuchBucket", "404"):
                 raise FetchError(NOT_FOUND, f"{_show(uri)} does not exist") from err
-            raise FetchError(FETCH_FAILED, f"{_show(uri)}: {code or status}", transient=status >= 500 or
-                             code in ("SlowDown", "Throttling", "RequestTimeout")) from err
+            if code in _S3_CREDENTIALS:
+                raise SystemFault(STORAGE, f"S3 refused the worker's credentials: {code}") from err
+            raise FetchError(FETCH_FAILED, f"{_show(uri)}: {code or status}",
+                             transient=status >= 500 or code in _S3_BUSY) from err
         except (ParamValidationError, ValueError) as err:  # a bucket or key botocore will not send
             raise FetchError(UNSUPPORTED_SOURCE, f"{_show(uri)}: {err}") from err
-        except BotoCoreError as err:
+        except (NoCredentialsError, PartialCredentialsError) as err:
+            raise SystemFault(STORAGE, f"S3: {err}") from err
+        except BotoCoreError as err:  # connection refused or reset, DNS, timeouts
             raise FetchError(FETCH_FAILED, f"{_show(uri)}: {err}", transient=True) from err
 
     async def _http(self):

@@ -1,4 +1,9 @@
-"""What the worker's health endpoints report: readiness, liveness and a status summary."""
+"""What the worker's health endpoints report: readiness, liveness and a status summary.
+
+Ready: loaded, joined, and no dependency down. Live: not halted, not stuck (a batch in flight, or
+records waiting, for `stall_s` while nothing is down), and not paused for longer than the outage
+budget (workers/outages.py): a worker that cannot recover by waiting is restarted.
+"""
 from __future__ import annotations
 
 import time
@@ -6,7 +11,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+from workers.batch_limit import BatchLimit
 from workers.costs import StageCosts
+from workers.outages import Outages
 
 
 @dataclass
@@ -29,6 +36,8 @@ class WorkerHealth:
     halted: str | None = None  # why the worker stopped taking events; /live fails while set
     costs: StageCosts = field(default_factory=StageCosts)  # CPU seconds per data-path stage
     serving: dict = field(default_factory=dict)  # search backend, threads, JPEG decoder
+    outages: Outages = field(default_factory=Outages)  # dependencies down now, and past outages
+    batch_limit: BatchLimit | None = None  # images per model call that fit in memory now
 
     def loaded(self, model: str, database: str, serving: dict | None = None) -> None:
         """`serving`: how the model and database run (search backend, threads, JPEG decoder)."""
@@ -77,16 +86,24 @@ class WorkerHealth:
             self.waiting_since = self.clock()
 
     def ready(self) -> bool:
-        """Ready once the model and database are loaded and the consumer group was joined."""
-        return self.joined and self.model is not None
+        """Ready once the model and database are loaded and the consumer group was joined, while no
+        dependency is down."""
+        return self.joined and self.model is not None and not self.outages.paused()
 
     def live(self) -> bool:
-        """Fails when a batch has been in flight for longer than `stall_s`, when records have been
-        waiting that long with no batch answering them (stuck, as opposed to idle), or once halted."""
+        """Fails once halted; while a dependency is down, once the outage budget is spent; otherwise
+        when a batch has been in flight for longer than `stall_s` (counted from the end of the last
+        outage), or records have been waiting that long with no batch answering them (stuck, as opposed
+        to idle)."""
         if self.halted is not None:
             return False
+        if self.outages.paused():
+            return not self.outages.past_budget()
         now = self.clock()
-        stuck_batch = self.busy_since is not None and now - self.busy_since >= self.stall_s
+        busy_since = self.busy_since
+        if busy_since is not None and self.outages.last_resumed is not None:
+            busy_since = max(busy_since, self.outages.last_resumed)
+        stuck_batch = busy_since is not None and now - busy_since >= self.stall_s
         stuck_backlog = self.waiting_since is not None and self.busy_since is None and \
             now - max(self.waiting_since, self.last_progress or self.waiting_since) >= self.stall_s
         return not (stuck_batch or stuck_backlog)
@@ -102,4 +119,7 @@ class WorkerHealth:
             "counters": dict(self.counters), "dead_letters": dict(self.dead_letters),
             "commit_failures_in_a_row": self.commit_failures, "last_commit_error": self.last_commit_error,
             "halted": self.halted, "cpu_s_by_stage": self.costs.snapshot(),
+            **self.outages.status(),
+            "model_batch_size": None if self.batch_limit is None else self.batch_limit.size,
+            "out_of_memory": 0 if self.batch_limit is None else self.batch_limit.out_of_memory,
         }

@@ -5,9 +5,16 @@ Two halves, so that the worker can prepare batch N+1 while batch N is in the mod
   in the decode threads, one call per thread per batch, JPEGs at the smallest DCT scale the model needs;
 - `finish`: resize, crop and normalise the batch as tensors, encode, search and score (in the one
   inference thread that owns the model), then apply each stream's history in event order -> records.
-`process` is the two in a row. Every input value yields exactly one record, whatever fails: a failure
-that belongs to one record becomes its `internal_error` dead letter, and a model batch that fails is
-retried on halves of the batch until the records that make it fail are alone.
+`process` is the two in a row. Every input value yields exactly one record, whatever fails, and whose
+fault a failure is decides what (workers/failures.py):
+- the record's: its dead letter (`_dead_letter`, the one place records are made of failures);
+- the system's (the storage, the model, memory): no record is charged with it. The step waits the
+  outage out (workers/outages.py) and the batch stays unanswered until the dependency is back; a lost
+  device raises DeviceLost, which ends the worker.
+A model call that fails is put to the model itself on a known-good input (the warm-up frame): if that
+fails too the model is down; if not, the batch is tried again in halves until the images that make it
+fail are alone, and those are the records' faults. Out of memory halves the batch and keeps the smaller
+size (workers/batch_limit.py).
 """
 from __future__ import annotations
 
@@ -28,10 +35,13 @@ from cased_core.lexicon import Lexicon, concept_id
 from cased_core.options import JPEG_DECODERS
 from cased_core.preprocess import TensorPreprocess, decode_jpegs
 from topics import events as ev
+from workers.batch_limit import BatchLimit
 from workers.costs import StageCosts
-from workers.decode import DecodeError, EncodedJpeg, ImageLimits, decode_image, inspect_jpeg, undecodable
-from workers.fetch import FetchError, Fetcher
+from workers.decode import EncodedJpeg, ImageLimits, decode_image, inspect_jpeg, undecodable
+from workers.failures import MEMORY, MODEL, DeviceLost, RecordFault, SystemFault, describe, fault_of, model_fault
+from workers.fetch import Fetcher
 from workers.histories import MAX_ANSWERS, BatchHistories, HistoryStore
+from workers.outages import Outages
 from workers.telemetry import NULL_TRACE, BatchTrace, NullTrace
 
 log = logging.getLogger("cased.worker")
@@ -43,6 +53,17 @@ log = logging.getLogger("cased.worker")
 # Above it the encoder is the bound (ViT-B-32: ~80 ms per image on a CPU) and its threads do work.
 ENCODER_PARALLEL_MS = 2.0
 
+
+def intra_op_threads(device: str, encoder_ms: float, cpus: int) -> int:
+    """torch's intra-op threads for an image encoder that costs `encoder_ms` of CPU per image on one
+    thread: 1 on a GPU, whose host side only launches kernels; on the CPU, 1 below ENCODER_PARALLEL_MS
+    (the encoder is not the bound), every CPU above it.
+
+    Examples:
+        >>> intra_op_threads("cpu", 0.4, 8), intra_op_threads("cpu", 80.0, 8), intra_op_threads("cuda", 80.0, 8)
+        (1, 8, 1)
+    """
+    return cpus if device == "cpu" and encoder_ms >= ENCODER_PARALLEL_MS else 1
 
 
 def usable_cpus() -> int:
@@ -76,7 +97,7 @@ class Prepared:
     values: Sequence[bytes | None]
     partitions: Sequence[int | None]
     trace: BatchTrace | NullTrace
-    outputs: list[Output | None]  # records known already: invalid events, fetch and decode failures
+    outputs: list[Output | None]  # records known already: invalid events, the records' faults so far
     events: dict[int, ev.ImageEvent]  # index -> event, each (stream, event id) once
     copies: dict[int, int]  # index of an event published twice in the batch -> its first index
     ready: list[_Ready]
@@ -88,8 +109,11 @@ class Pipeline:
                  fetch_concurrency: int = 32, decode_threads: int | None = None,
                  same_concept_threshold: float = 0.9, answers: int = MAX_ANSWERS,
                  clock: Callable[[], float] = time.time, costs: StageCosts | None = None,
-                 torch_threads: int | None = None, jpeg_decoder: str = "auto"):
+                 torch_threads: int | None = None, jpeg_decoder: str = "auto", batch_size: int = 16,
+                 outages: Outages | None = None):
         self.classifier, self.fetcher, self.policy, self.lexicon = classifier, fetcher, policy, lexicon
+        self.outages = outages or Outages()  # what is down now; fetches and model calls wait outages out
+        self.batch_limit = BatchLimit(batch_size)  # images per model call that fit in memory now
         self.database_name, self.image_limits, self.clock = database_name, image_limits, clock
         self.same_concept_threshold, self.answers = same_concept_threshold, answers
         self.costs = costs or StageCosts()
@@ -110,26 +134,36 @@ class Pipeline:
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.torch_threads = torch_threads  # None: chosen by `warm_up`
         self.encoder_ms = None  # CPU ms per image of the image encoder on one thread, measured by `warm_up`
+        self._known_good: torch.Tensor | None = None  # one warm-up frame as the model's input: checks the model
 
-    def warm_up(self, batch_size: int) -> None:
-        """Before the first event, in the inference thread: classify a batch of blank frames (first calls
-        allocate and pick kernels), and set torch's intra-op threads there (OpenMP keeps the count per
-        calling thread). Unless given: 1 on a GPU, whose host side only launches kernels; on the CPU, 1
-        when the encoder costs under ENCODER_PARALLEL_MS per image on one thread, one per CPU otherwise.
-        """
-        self._inference.submit(self._warm_up, max(1, batch_size)).result()
+    def warm_up(self) -> None:
+        """Before the first event, in the inference thread: classify a full batch of blank frames (first
+        calls allocate and pick kernels; a batch that runs out of memory is halved until one fits, so a
+        batch size too large for the device starts smaller instead of failing), and set torch's
+        intra-op threads there (OpenMP keeps the count per calling thread): unless given,
+        `intra_op_threads` for the encoder's measured cost."""
+        self._inference.submit(self._warm_up).result()
 
-    def _warm_up(self, batch_size: int) -> None:
+    def _warm_up(self) -> None:
         model = self.classifier.model
         torch.set_num_threads(1)
-        pixels = self._blank_batch(batch_size)
-        self.classifier.classify_pixels(pixels)
+        while True:
+            batch_size = self.batch_limit.size
+            pixels = self._blank_batch(batch_size)
+            try:
+                self.classifier.classify_pixels(pixels)
+                break
+            except Exception as err:
+                fault = model_fault(err)
+                if not (isinstance(fault, SystemFault) and fault.dependency == MEMORY and batch_size > 1):
+                    raise
+                log.warning("warm-up: a batch of %d images ran out of memory (%s); trying %d", batch_size,
+                            fault.detail, self.batch_limit.shrink(batch_size))
         started = time.thread_time()
         model.encode_pixels(pixels)
         self.encoder_ms = 1000 * (time.thread_time() - started) / batch_size
         if self.torch_threads is None:
-            cpu_bound = model.device.type == "cpu" and self.encoder_ms >= ENCODER_PARALLEL_MS
-            self.torch_threads = usable_cpus() if cpu_bound else 1
+            self.torch_threads = intra_op_threads(model.device.type, self.encoder_ms, usable_cpus())
         torch.set_num_threads(self.torch_threads)
         log.info("image encoder: %.2f ms of CPU per image on one thread; torch intra-op threads: %d",
                  self.encoder_ms, self.torch_threads)
@@ -197,7 +231,8 @@ class Pipeline:
                     with trace.stage("consume", i):
                         event = ev.decode_image_event(value)
                 except ev.InvalidEvent as err:  # deterministic: a re-delivery gets the same dead letter
-                    batch.outputs[i] = self._dead(ev.INVALID_EVENT, err.detail, value, err.event_id, err.stream_id)
+                    batch.outputs[i] = self._dead_letter(RecordFault(ev.INVALID_EVENT, err.detail), value,
+                                                         err.event_id, err.stream_id)
                     continue
                 key = (event.stream_id, event.event_id)
                 if key in first:
@@ -228,7 +263,7 @@ class Pipeline:
                 try:
                     stored = state.answered(event.stream_id, event.event_id)
                 except Exception as err:  # a history entry that cannot be read belongs to this stream only
-                    outputs[i] = self._internal(err, batch.values[i], event)
+                    self._fail(batch, i, err)
                     unreadable.add(i)
                     continue
                 if stored is not None:  # a re-delivered event: the very same record again
@@ -236,21 +271,17 @@ class Pipeline:
             ready = [item for item in batch.ready if item.index not in answered and outputs[item.index] is None]
             for item in ready:
                 item.extras = list((state.state(item.event.stream_id) or history.new_state())["names"])
-        predictions = await self._classify_isolating(ready, trace)
+        predictions = await self._classify_all(ready, trace)
         with self.costs.measure("history"):
             for item, prediction in zip(ready, predictions):
-                if isinstance(prediction, DecodeError):
-                    outputs[item.index] = self._dead(prediction.reason, prediction.detail, item.value,
-                                                     item.event.event_id, item.event.stream_id)
-                    continue
-                if isinstance(prediction, Exception):
-                    outputs[item.index] = self._internal(prediction, item.value, item.event)
+                if isinstance(prediction, RecordFault):
+                    self._fail(batch, item.index, prediction)
                     continue
                 try:
                     with trace.stage("history", item.index):
                         outputs[item.index] = self._label(item.event, prediction, state)
                 except Exception as err:
-                    outputs[item.index] = self._internal(err, item.value, item.event)
+                    self._fail(batch, item.index, err)
             for i, (topic, value) in answered.items():
                 outputs[i] = Output(topic, batch.events[i].stream_id.encode(), value,
                                     ev.decode_dead_letter(value).reason if topic == ev.DEAD_LETTER else None)
@@ -274,9 +305,8 @@ class Pipeline:
                 try:
                     with batch.trace.stage("fetch", i):
                         inline = self.fetcher.inline(event)
-                except FetchError as err:
-                    batch.outputs[i] = self._dead(err.reason, err.detail, batch.values[i], event.event_id,
-                                                  event.stream_id)
+                except RecordFault as fault:
+                    self._fail(batch, i, fault)
                     continue
                 if inline is None:
                     remote.append(i)
@@ -288,17 +318,17 @@ class Pipeline:
         return data
 
     async def _fetch(self, batch: Prepared, i: int) -> bytes | None:
+        """Event i's bytes; None once its failure is its dead letter. The storage failing for everyone
+        is waited out here: the batch, and every batch after it, waits with it."""
         event = batch.events[i]
         try:
             # Not in `costs`: thread CPU time across an await would count whatever else the event loop
             # ran meanwhile. A uri fetch's CPU (HTTP, S3 clients) lands in the process's unattributed rest.
             async with self._fetch_slots:
                 with batch.trace.stage("fetch", i):
-                    return await self.fetcher.fetch(event)
-        except FetchError as err:
-            batch.outputs[i] = self._dead(err.reason, err.detail, batch.values[i], event.event_id, event.stream_id)
+                    return await self.outages.ride_out(lambda: self.fetcher.fetch(event))
         except Exception as err:
-            batch.outputs[i] = self._internal(err, batch.values[i], event)
+            self._fail(batch, i, err)
         return None
 
     async def _decode_all(self, batch: Prepared, data: dict[int, bytes]) -> None:
@@ -312,14 +342,10 @@ class Pipeline:
         decoded = await asyncio.gather(*(loop.run_in_executor(self._decode_pool, self._decode_chunk, chunk,
                                                                batch.trace) for chunk in chunks))
         for i, result in sorted((pair for chunk in decoded for pair in chunk), key=lambda pair: pair[0]):
-            event = batch.events[i]
-            if isinstance(result, DecodeError):
-                batch.outputs[i] = self._dead(result.reason, result.detail, batch.values[i], event.event_id,
-                                              event.stream_id)
-            elif isinstance(result, Exception):
-                batch.outputs[i] = self._internal(result, batch.values[i], event)
+            if isinstance(result, Exception):
+                self._fail(batch, i, result)
             else:
-                batch.ready.append(_Ready(i, event, batch.values[i], result))
+                batch.ready.append(_Ready(i, batch.events[i], batch.values[i], result))
 
     def _decode_chunk(self, chunk: list[tuple[int, bytes]],
                       trace: BatchTrace | NullTrace) -> list[tuple[int, torch.Tensor | EncodedJpeg | Exception]]:
@@ -344,31 +370,85 @@ class Pipeline:
                 out.append((i, err))
         return out
 
+    async def _classify_all(self, ready: list[_Ready], trace: BatchTrace | NullTrace) -> list:
+        """Predictions for `ready`, in order, in model calls of at most the batch limit; an image that is
+        at fault gets its RecordFault in its place."""
+        out: list = []
+        while len(out) < len(ready):
+            out += await self._classify_isolating(ready[len(out):len(out) + self.batch_limit.size], trace)
+        return out
+
     async def _classify_isolating(self, ready: list[_Ready], trace: BatchTrace | NullTrace) -> list:
-        """Predictions for `ready`, in order; when the batch fails, its halves are tried apart, so an
-        image that makes the model fail ends as the exception for that image alone."""
+        """Predictions for `ready` from one model call; when it fails, whose fault it is decides:
+
+        - the device lost: DeviceLost is raised (the worker ends);
+        - out of memory with more than one image: the batch limit halves and the images go again in
+          calls of the new size;
+        - anything else, or out of memory for one image: the model on a known-good input tells. If that
+          fails too, the model is down: the outage is waited out, then the same images go again. If it
+          works, the images are at fault: each half is tried apart, until an image that fails alone
+          gets its RecordFault. Checking at every failure, not only once an image is alone, tells an
+          outage after one failing call instead of a whole bisection's.
+        """
         if not ready:
             return []
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._inference, self._classify, ready, trace)
+            predictions = await self._in_model(self._classify, ready, trace)
         except Exception as err:
+            fault = model_fault(err)
+            if isinstance(fault, DeviceLost):
+                raise fault from err
+            if isinstance(fault, SystemFault) and fault.dependency == MEMORY and len(ready) > 1:
+                size = self.batch_limit.shrink(len(ready))
+                log.warning("a model call of %d images ran out of memory (%s): %d images per call from now on",
+                            len(ready), fault.detail, size)
+                return await self._classify_all(ready, trace)
+            try:
+                await self._in_model(self._check_model)
+            except SystemFault as down:
+                if isinstance(down, DeviceLost):
+                    raise
+                await self.outages.ride_out(lambda: self._in_model(self._check_model), failed=down)
+                return await self._classify_isolating(ready, trace)
             if len(ready) == 1:
-                return [err]
-            log.warning("a batch of %d images failed in the model (%s: %s); retrying its halves apart",
-                        len(ready), type(err).__name__, err)
+                return [fault if isinstance(fault, RecordFault) else RecordFault(ev.INTERNAL_ERROR, fault.detail)]
+            log.warning("a batch of %d images failed in the model (%s) while a known-good image passes; "
+                        "retrying its halves apart", len(ready), describe(err))
             half = len(ready) // 2
             return await self._classify_isolating(ready[:half], trace) + \
                 await self._classify_isolating(ready[half:], trace)
+        self.batch_limit.fitted(len(ready))
+        return predictions
 
-    def _classify(self, ready: list[_Ready], trace: BatchTrace | NullTrace) -> list[Prediction | DecodeError]:
+    async def _in_model(self, call: Callable, *args):
+        """`call(*args)` in the inference thread, the one that owns the model."""
+        return await asyncio.get_running_loop().run_in_executor(self._inference, call, *args)
+
+    def _check_model(self) -> None:
+        """In the inference thread: the image encoder on the warm-up frame, known to work.
+
+        Raises:
+            SystemFault: the model fails for it too (MODEL), runs out of memory for one image (MEMORY),
+                or lost its device (DeviceLost).
+        """
+        if self._known_good is None:
+            self._known_good = self._blank_batch(1)
+        try:
+            self.classifier.model.encode_pixels(self._known_good)
+        except Exception as err:
+            fault = model_fault(err)
+            if isinstance(fault, SystemFault):
+                raise fault from err
+            raise SystemFault(MODEL, f"fails for a known-good image too: {describe(err)}") from err
+
+    def _classify(self, ready: list[_Ready], trace: BatchTrace | NullTrace) -> list[Prediction | RecordFault]:
         """Predictions for `ready`, in order; a JPEG the batched decoder cannot decode gets its
         DecodeError in its place. Search and scoring are classify_embeddings's two steps, timed apart."""
         model = self.classifier.model
         pixels = self._decode_jpegs(ready, trace)
-        kept = [k for k, p in enumerate(pixels) if not isinstance(p, DecodeError)]
+        kept = [k for k, p in enumerate(pixels) if not isinstance(p, RecordFault)]
         members = [ready[k].index for k in kept]
-        out: list[Prediction | DecodeError] = list(pixels)
+        out: list[Prediction | RecordFault] = list(pixels)
         if not kept:
             return out
         with self.costs.measure("preprocess"), trace.batch_stage("preprocess", members):
@@ -421,13 +501,20 @@ class Pipeline:
         batch.set_state(event.stream_id, outcome.state)  # only once the record exists
         return Output(ev.LABELS_OUT, event.stream_id.encode(), value)
 
-    def _internal(self, err: Exception, value: bytes, event: ev.ImageEvent) -> Output:
-        log.warning("event %r of stream %r failed (%s: %s): dead-lettered as %s", event.event_id[:80],
-                    event.stream_id[:80], type(err).__name__, err, ev.INTERNAL_ERROR)
-        return self._dead(ev.INTERNAL_ERROR, f"{type(err).__name__}: {err}", value, event.event_id, event.stream_id)
+    def _fail(self, batch: Prepared, i: int, err: BaseException) -> None:
+        """Event i failed with `err` on its own: its dead letter is its record."""
+        event = batch.events[i]
+        batch.outputs[i] = self._dead_letter(fault_of(err), batch.values[i], event.event_id, event.stream_id)
 
     @staticmethod
-    def _dead(reason: str, detail: str, payload: bytes | None, event_id: str | None, stream_id: str | None) -> Output:
-        letter = ev.dead_letter(reason, detail, payload, event_id, stream_id)
+    def _dead_letter(fault: RecordFault | SystemFault, payload: bytes | None, event_id: str | None,
+                     stream_id: str | None) -> Output:
+        """The one place a failure becomes a record: a dead letter, for a record's fault only."""
+        if not isinstance(fault, RecordFault):  # a system fault is waited out, never charged to a record
+            raise fault
+        if fault.reason == ev.INTERNAL_ERROR:
+            log.warning("event %r of stream %r failed (%s): dead-lettered as %s", (event_id or "")[:80],
+                        (stream_id or "")[:80], fault.detail, ev.INTERNAL_ERROR)
+        letter = ev.dead_letter(fault.reason, fault.detail, payload, event_id, stream_id)
         return Output(ev.DEAD_LETTER, letter.stream_id.encode() if letter.stream_id else None,
-                      ev.encode_dead_letter(letter), reason)
+                      ev.encode_dead_letter(letter), fault.reason)

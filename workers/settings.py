@@ -86,6 +86,8 @@ class Settings:
     allow_private_hosts: int = setting(0, "1: let http(s) reach loopback/private addresses (tests, on-prem)",
                                        choices=(0, 1))
     web_port: int = setting(6066, "health and status endpoint port", minimum=1, maximum=65535)
+    outage_budget_s: float = setting(300.0, "seconds a worker stays paused by a dependency failing for everyone "
+                                     "(storage, model, memory) before /live fails and it is restarted", above=0)
     # Kafka security: workers/security.py maps these onto every Kafka client.
     kafka_security_protocol: str = setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
                                            choices=SECURITY_PROTOCOLS)

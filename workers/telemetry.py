@@ -118,6 +118,13 @@ class Telemetry:
         self._lag_source: tuple[Any, str] | None = None
         meter.create_observable_gauge("cased.consumer.lag", [self._observe_lag], "{message}",
                                       "records past the group's committed offset, per partition")
+        self._outages: Callable[[], dict] | None = None
+        meter.create_observable_gauge("cased.paused", [self._observe_paused], "1",
+                                      "1 while a dependency (attribute dependency) fails for everyone and the worker waits")
+        meter.create_observable_counter("cased.outages", [self._observe_outages], "{outage}",
+                                        "outages of a dependency that paused the worker, per dependency")
+        meter.create_observable_counter("cased.paused.time", [self._observe_paused_time], "s",
+                                        "seconds the worker was paused, per dependency")
 
     @classmethod
     def from_env(cls, service_name: str = "cased-worker") -> "Telemetry":
@@ -171,6 +178,31 @@ class Telemetry:
     def observe_lag(self, consumer, topic: str) -> None:
         """Report `topic`'s lag from this Faust consumer (called on every assignment; the latest wins)."""
         self._lag_source = (consumer, topic)
+
+    def observe_outages(self, status: Callable[[], dict]) -> None:
+        """Report pauses from `status()` (workers.outages.Outages.status: paused, outages, paused_s)."""
+        self._outages = status
+
+    def _per_dependency(self, key: str, value: Callable[[Any], float]) -> Iterable[Observation]:
+        if self._outages is None:
+            return ()
+        return [Observation(value(v), {"dependency": name}) for name, v in self._outages()[key].items()]
+
+    @_guarded(fallback=())
+    def _observe_paused(self, options: CallbackOptions) -> Iterable[Observation]:
+        # Every dependency seen down once, 0 when it is up again: a gauge that drops, not one that vanishes.
+        if self._outages is None:
+            return ()
+        status = self._outages()
+        return [Observation(int(name in status["paused"]), {"dependency": name}) for name in status["outages"]]
+
+    @_guarded(fallback=())
+    def _observe_outages(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._per_dependency("outages", int)
+
+    @_guarded(fallback=())
+    def _observe_paused_time(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._per_dependency("paused_s", float)
 
     @_guarded(fallback=())
     def _observe_lag(self, options: CallbackOptions) -> Iterable[Observation]:

@@ -340,6 +340,7 @@ SETTING_OF_VALUE = {
     ("history", "patience"): "history_patience",
     ("history", "patienceSeconds"): "history_patience_s",
     ("webPort",): "web_port",
+    ("outageBudgetSeconds",): "outage_budget_s",
 }
 
 

@@ -5,13 +5,18 @@ this; tests start it through WorkerProcess(faults=...).
 CASED_TEST_FAULTS is a JSON map:
 - "preprocess": true: the model's preprocess raises for a flat cyan image (every pixel 0,255,255);
 - "encoder": true: the image encoder raises for any batch holding a flat magenta image;
-- "commit_fails_after": N: every offset commit after the first N raises, as a coordinator gone would.
+- "commit_fails_after": N: every offset commit after the first N raises, as a coordinator gone would;
+- "encoder_fails_while": {"path": P, "error": TEXT}: the image encoder raises RuntimeError(TEXT) for any
+  batch while the file P exists (a model or device failing for everyone, switched by the test);
+- "oom_above_while": {"path": P, "images": N}: the image encoder runs out of memory for batches of more
+  than N images while the file P exists.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -59,6 +64,20 @@ def install(faults: dict) -> None:
             return encode_pixels(self, pixels)
 
         ClipModel.encode_pixels = failing_encode
+    if "encoder_fails_while" in faults or "oom_above_while" in faults:
+        from cased_core.model import ClipModel
+
+        encode_pixels = ClipModel.encode_pixels
+        failing, pressure = faults.get("encoder_fails_while"), faults.get("oom_above_while")
+
+        def switched_encode(self, pixels):
+            if failing and Path(failing["path"]).exists():
+                raise RuntimeError(failing["error"])
+            if pressure and len(pixels) > pressure["images"] and Path(pressure["path"]).exists():
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected for {len(pixels)} images)")
+            return encode_pixels(self, pixels)
+
+        ClipModel.encode_pixels = switched_encode
     if "commit_fails_after" in faults:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.errors import KafkaError

@@ -8,16 +8,19 @@ import pytest
 
 from workers import app as worker_app
 from workers.app import Worker
+from workers.batch_limit import BatchLimit
 from workers.costs import StageCosts
 from workers.offsets import Frontier
+from workers.outages import Outages
 from workers.settings import Settings
 
 
 @pytest.fixture
 def worker(monkeypatch):
     monkeypatch.setattr(worker_app, "COMMIT_BACKOFF_S", 0.0)
-    pipeline = SimpleNamespace(costs=StageCosts())  # the steps tested here never reach the model
-    built = Worker.init(Settings(broker="kafka://127.0.0.1:9"), pipeline=pipeline)
+    # the steps tested here never reach the model
+    pipeline = SimpleNamespace(costs=StageCosts(), outages=Outages(), batch_limit=BatchLimit(16))
+    built = Worker.init(Settings(broker="kafka://127.0.0.1:9"), pipeline=pipeline, stop=lambda: None)
     built.frontier = Frontier()
     built.frontier.reset({0: 10, 1: 20})
     return built

@@ -24,6 +24,7 @@ from topics.events import (
     FETCH_FAILED, FORBIDDEN_SOURCE, NOT_FOUND, TIMEOUT, TOO_LARGE, UNSUPPORTED_SOURCE, ImageEvent,
 )
 from workers.tools.broker import free_port
+from workers.failures import STORAGE, SystemFault
 from workers.fetch import FetchError, Fetcher, FetchLimits, address_allowed
 
 PAYLOAD = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -594,3 +595,77 @@ def test_hostile_uris_raise_only_fetch_error(s3, files, uri):
         assert len(err.detail) <= 1003
     else:
         pytest.fail(f"{uri!r} was fetched")
+
+
+# --- whose fault: the storage's or the record's ----------------------------------------------------
+
+@pytest.fixture
+def s3_behind_proxy(s3):
+    """The module's moto server behind a switchable proxy, and a client that goes through it."""
+    import boto3
+
+    from tests.workers.proxy import SwitchableProxy
+
+    with SwitchableProxy(int(s3.meta.endpoint_url.rsplit(":", 1)[1])) as proxy:
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{proxy.port}", region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+        yield proxy, client
+
+
+@pytest.mark.parametrize("mode", ["refuse", "slow_down"])
+def test_an_s3_endpoint_failing_for_everyone_is_the_storage_s_fault(s3_behind_proxy, mode):
+    proxy, client = s3_behind_proxy
+    assert fetch("s3://images/a/cat.png", S3_LIMITS, s3_client=client) == PAYLOAD
+    proxy.switch(mode)
+    with pytest.raises(SystemFault) as caught:
+        fetch("s3://images/a/cat.png", S3_LIMITS, s3_client=client)
+    assert caught.value.dependency == STORAGE and "S3 endpoint" in caught.value.detail
+    proxy.switch("pass")
+    assert fetch("s3://images/a/cat.png", S3_LIMITS, s3_client=client) == PAYLOAD
+
+
+class OneObjectFails:
+    """A client whose endpoint answers (a bucket's HEAD works) while one object keeps failing with 500."""
+
+    def __init__(self):
+        self.gets = 0
+
+    def head_bucket(self, **kwargs):
+        return {}
+
+    def get_object(self, **kwargs):
+        from botocore.exceptions import ClientError
+
+        self.gets += 1
+        raise ClientError({"Error": {"Code": "InternalError"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+                          "GetObject")
+
+
+def test_an_object_failing_while_its_endpoint_answers_is_the_record_s_fault():
+    client = OneObjectFails()
+    err = fetch_error("s3://images/a/cat.png", S3_LIMITS, s3_client=client)
+    assert (err.reason, err.transient) == (FETCH_FAILED, True)
+    assert client.gets == S3_LIMITS.retries + 2  # the retries, then one more once the endpoint answered
+
+
+class RefusesCredentials:
+    def get_object(self, **kwargs):
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "InvalidAccessKeyId"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+                          "GetObject")
+
+
+def test_refused_credentials_are_the_storage_s_fault():
+    with pytest.raises(SystemFault) as caught:
+        fetch("s3://images/a/cat.png", S3_LIMITS, s3_client=RefusesCredentials())
+    assert caught.value.dependency == STORAGE and "InvalidAccessKeyId" in caught.value.detail
+
+
+def test_a_file_root_that_is_gone_is_the_storage_s_fault_and_a_missing_file_the_record_s(files, tmp_path):
+    limits = replace(LIMITS, file_root=files)
+    assert fetch_error("file://" + quote(str(files)) + "/missing.png", limits).reason == NOT_FOUND
+    files.rename(tmp_path / "unmounted")
+    with pytest.raises(SystemFault) as caught:
+        fetch("file://" + quote(str(files)) + "/cat.png", limits)
+    assert caught.value.dependency == STORAGE and "is gone" in caught.value.detail

@@ -117,7 +117,17 @@ def test_a_preprocess_failure_dead_letters_that_image_only(tiny_model, tiny_data
     assert letter.event_id == "bad" and letter.payload == ev.encode_image_event(events[1])
 
 
-@pytest.mark.parametrize("poisoned_at", [[0], [5], [2, 6]])
+# Model calls (their sizes, in order) for a batch of 8 with magenta images at these positions: each
+# failing call is followed by the known-good check (1), then its halves; an image failing alone is its
+# own dead letter.
+ISOLATION_CALLS = {
+    (0,): [8, 1, 4, 1, 2, 1, 1, 1, 1, 2, 4],
+    (5,): [8, 1, 4, 4, 1, 2, 1, 1, 1, 1, 2],
+    (2, 6): [8, 1, 4, 1, 2, 2, 1, 1, 1, 1, 4, 1, 2, 2, 1, 1, 1, 1],
+}
+
+
+@pytest.mark.parametrize("poisoned_at", ISOLATION_CALLS)
 def test_an_encoder_failure_is_isolated_by_splitting_the_batch(tiny_model, tiny_database, lexicon, poisoned_at):
     model = dataclasses.replace(tiny_model)
     calls = []
@@ -135,7 +145,8 @@ def test_an_encoder_failure_is_isolated_by_splitting_the_batch(tiny_model, tiny_
     [outputs] = run(pipeline, events)
     reasons = [ev.decode_dead_letter(o.value).reason if o.topic == ev.DEAD_LETTER else None for o in outputs]
     assert reasons == [ev.INTERNAL_ERROR if i in poisoned_at else None for i in range(8)]
-    assert calls[0] == 8 and len(calls) <= 1 + 4 * len(poisoned_at) * 3  # halves, not one image at a time
+    assert calls == ISOLATION_CALLS[poisoned_at]  # halves, not one image at a time
+    assert not pipeline.outages.count  # the model answered for a known-good image: never paused
 
 
 def test_a_corrupt_history_entry_fails_its_stream_only(tiny_model, tiny_database, lexicon):
@@ -168,31 +179,33 @@ def test_every_output_fits_a_kafka_record_whatever_the_producer_sends(tiny_model
     assert ev.decode_dead_letter(outputs[2].value).stream_id is None  # too long to echo
 
 
-def test_warm_up_gives_a_cheap_encoder_one_thread_and_a_cpu_bound_one_every_cpu(tiny_model, tiny_database, lexicon,
-                                                                                tmp_path):
-    import numpy as np
+def test_intra_op_threads_follow_the_encoder_s_measured_cost():
+    from workers.pipeline import ENCODER_PARALLEL_MS, intra_op_threads
 
-    from cased_core.database import Database
-    from cased_core.database_build import build_from_embeddings
-    from cased_core.model import load_model
-    from workers.pipeline import ENCODER_PARALLEL_MS, usable_cpus
+    assert intra_op_threads("cpu", ENCODER_PARALLEL_MS / 2, cpus=6) == 1  # cheaper than the worker's own work
+    assert intra_op_threads("cpu", ENCODER_PARALLEL_MS, cpus=6) == 6  # the encoder is the bound
+    assert intra_op_threads("cuda", 100 * ENCODER_PARALLEL_MS, cpus=6) == 1  # the host only launches kernels
 
-    cheap = make_pipeline(tiny_model, tiny_database, lexicon)
-    cheap.warm_up(4)
-    assert 0 < cheap.encoder_ms < ENCODER_PARALLEL_MS and cheap.torch_threads == 1
-    vit = load_model("ViT-B-32", device="cpu")  # random init: the architecture's cost at 224 px
-    embeddings = np.random.default_rng(0).standard_normal((20, vit.dim)).astype(np.float32)
-    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-    database = Database(build_from_embeddings([f"a star sticker {i}" for i in range(20)], embeddings, tmp_path / "db",
-                                              vit.identity, vit.encode_texts, lexicon, show_progress=False))
-    costly = make_pipeline(vit, database, lexicon)
-    costly.warm_up(2)
-    assert costly.encoder_ms >= ENCODER_PARALLEL_MS and costly.torch_threads == usable_cpus()
+
+def test_warm_up_measures_the_encoder_and_applies_the_thread_decision(tiny_model, tiny_database, lexicon, monkeypatch):
+    from workers import pipeline as pipeline_module
+
+    asked = []
+
+    def decide(device, encoder_ms, cpus):
+        asked.append((device, encoder_ms, cpus))
+        return 3
+
+    monkeypatch.setattr(pipeline_module, "intra_op_threads", decide)
+    measured = make_pipeline(tiny_model, tiny_database, lexicon)
+    measured.warm_up()
+    assert asked == [("cpu", measured.encoder_ms, pipeline_module.usable_cpus())] and measured.encoder_ms > 0
+    assert measured.torch_threads == 3 and measured.serving()["threads"]["torch"] == 3
     given = Pipeline(Classifier(tiny_model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
-                     tiny_database.name, torch_threads=3)
-    given.warm_up(2)
-    assert given.torch_threads == 3
-    for pipeline in (cheap, costly, given):
+                     tiny_database.name, torch_threads=2)
+    given.warm_up()
+    assert given.torch_threads == 2 and len(asked) == 1  # a given count is not decided again
+    for pipeline in (measured, given):
         asyncio.run(pipeline.close())
 
 
@@ -241,3 +254,172 @@ def test_labels_say_their_concept_and_when_the_stream_changed(tiny_model, tiny_d
     assert [label.changed for label in labels] == expected  # across the two batches too
     assert sum(expected) >= 2  # the first label, and the change to what the heart frames show
     assert all(label.concept == concept_id(label.label, lexicon) for label in labels)
+
+
+# --- a fault of the system is not a fault of the record ---------------------------------------------
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    from workers import outages
+
+    monkeypatch.setattr(outages, "RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(outages, "RETRY_MAX_S", 0.02)
+
+
+def during(pipeline: Pipeline, values: list, fixed, store=None):
+    """Runs `values` through the pipeline; once it is paused, calls `fixed()` (the dependency comes
+    back) and returns the outputs, and what /status would have said while it was paused."""
+    async def go():
+        try:
+            task = asyncio.ensure_future(pipeline.process(values, store if store is not None else MemoryStore()))
+            while not pipeline.outages.paused():
+                assert not task.done(), task.result()  # answered without pausing: the test is wrong
+                await asyncio.sleep(0.01)
+            paused = pipeline.outages.status()
+            fixed()
+            return await task, paused
+        finally:
+            await pipeline.close()
+
+    return asyncio.run(go())
+
+
+def test_a_model_failing_for_every_image_pauses_and_labels_every_event_once_it_is_back(
+        tiny_model, tiny_database, lexicon, quick_retries):
+    model, broken, calls = dataclasses.replace(tiny_model), [True], []
+
+    def encode(pixels):
+        calls.append(len(pixels))
+        if broken[0]:
+            raise RuntimeError("CUDA error: out of resources for this kernel")  # fails for every input
+        return tiny_model.encode_pixels(pixels)
+
+    model.encode_pixels = encode
+    pipeline = make_pipeline(model, tiny_database, lexicon)
+    events = [ev.ImageEvent(f"e{i}", "cam", image=shape("star", i)) for i in range(8)]
+    outputs, paused = during(pipeline, [ev.encode_image_event(e) for e in events], lambda: broken.__setitem__(0, False))
+    assert [o.topic for o in outputs] == [ev.LABELS_OUT] * 8  # nothing dead-lettered
+    assert [ev.decode_label_event(o.value).event_id for o in outputs] == [e.event_id for e in events]
+    assert set(paused["paused"]) == {"model"} and "known-good" in paused["paused"]["model"]["detail"]
+    assert calls[:2] == [8, 1]  # the batch, then the check: no bisection of a model that is down
+    assert pipeline.outages.count == {"model": 1} and not pipeline.outages.paused()
+
+
+def test_storage_failing_for_everyone_pauses_and_every_event_is_labelled_once_it_is_back(
+        tiny_model, tiny_database, lexicon, tmp_path, quick_retries):
+    from workers.failures import STORAGE, SystemFault
+
+    down = [True]
+
+    class Storage(Fetcher):
+        async def fetch(self, event):
+            if down[0]:
+                raise SystemFault(STORAGE, "S3 endpoint: Could not connect")
+            return await super().fetch(event)
+
+    for i in range(4):
+        (tmp_path / f"{i}.png").write_bytes(shape("moon", i))
+    pipeline = Pipeline(Classifier(tiny_model, tiny_database), Storage(FetchLimits(file_root=tmp_path)),
+                        HistoryPolicy(), lexicon, tiny_database.name)
+    events = [ev.ImageEvent(f"f{i}", "cam", uri=f"file://{tmp_path / f'{i}.png'}") for i in range(4)]
+    events.insert(2, ev.ImageEvent("inline", "cam", image=shape("moon", 9)))
+    outputs, paused = during(pipeline, [ev.encode_image_event(e) for e in events], lambda: down.__setitem__(0, False))
+    assert [o.topic for o in outputs] == [ev.LABELS_OUT] * 5
+    labels = [ev.decode_label_event(o.value) for o in outputs]
+    assert [label.event_id for label in labels] == [e.event_id for e in events]  # in stream order
+    assert [label.history[-1] for label in labels] == [label.label for label in labels]
+    assert set(paused["paused"]) == {STORAGE} and pipeline.outages.count == {STORAGE: 1}
+
+
+def test_out_of_memory_settles_on_a_smaller_batch_and_grows_back(tiny_model, tiny_database, lexicon):
+    import torch
+
+    model, pressure, calls = dataclasses.replace(tiny_model), [True], []
+
+    def encode(pixels):
+        calls.append(len(pixels))
+        if pressure[0] and len(pixels) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return tiny_model.encode_pixels(pixels)
+
+    model.encode_pixels = encode
+    pipeline = Pipeline(Classifier(model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
+                        tiny_database.name, batch_size=8)
+    now = [0.0]
+    pipeline.batch_limit.clock = lambda: now[0]
+    store = MemoryStore()
+
+    def batch(n: int) -> list[bytes]:
+        return [ev.encode_image_event(ev.ImageEvent(f"b{n}-{i}", f"s{i}", image=shape("star", i))) for i in range(8)]
+
+    async def go():
+        outputs = []
+        try:
+            outputs += await pipeline.process(batch(0), store)
+            assert (calls, pipeline.batch_limit.size) == ([8, 4, 2, 2, 2, 2], 2)  # two failing calls, then fits
+            pressure[0] = False
+            for n in (1, 2, 3):
+                calls.clear()
+                now[0] += pipeline.batch_limit.regrow_s
+                outputs += await pipeline.process(batch(n), store)
+                sizes.append(list(calls))
+        finally:
+            await pipeline.close()
+        return outputs
+
+    sizes: list[list[int]] = []
+    outputs = asyncio.run(go())
+    assert all(o.topic == ev.LABELS_OUT for o in outputs) and len(outputs) == 32
+    assert sizes == [[2, 4, 2], [4, 4], [8]]  # doubles after regrow_s at a size, each growth proven first
+    assert pipeline.batch_limit.out_of_memory == 2 and not pipeline.outages.count
+
+
+def test_an_image_out_of_memory_alone_is_its_own_dead_letter(tiny_model, tiny_database, lexicon):
+    import torch
+
+    model = dataclasses.replace(tiny_model)
+
+    def encode(pixels):
+        if poisoned(pixels):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+        return tiny_model.encode_pixels(pixels)
+
+    model.encode_pixels = encode
+    pipeline = make_pipeline(model, tiny_database, lexicon)
+    events = [ev.ImageEvent(f"e{i}", "cam", image=flat_image(MAGENTA) if i == 1 else shape("heart", i))
+              for i in range(4)]
+    [outputs] = run(pipeline, events)
+    assert [o.reason for o in outputs] == [None, ev.INTERNAL_ERROR, None, None]
+    assert "OutOfMemoryError" in ev.decode_dead_letter(outputs[1].value).detail
+    assert pipeline.batch_limit.size == 1 and not pipeline.outages.count
+
+
+def test_a_lost_device_ends_the_batch_without_a_record(tiny_model, tiny_database, lexicon):
+    from workers.failures import DeviceLost
+
+    model, calls = dataclasses.replace(tiny_model), []
+
+    def encode(pixels):
+        calls.append(len(pixels))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    model.encode_pixels = encode
+    pipeline = make_pipeline(model, tiny_database, lexicon)
+    with pytest.raises(DeviceLost) as caught:
+        run(pipeline, [ev.ImageEvent(f"e{i}", "cam", image=shape("star", i)) for i in range(4)])
+    assert calls == [4] and "illegal memory access" in caught.value.detail  # no bisection, no dead letters
+
+
+def test_a_paused_batch_is_abandoned_when_told(tiny_model, tiny_database, lexicon, quick_retries):
+    from workers.outages import Abandoned
+
+    model = dataclasses.replace(tiny_model)
+
+    def encode(pixels):
+        raise RuntimeError("the model server is gone")
+
+    model.encode_pixels = encode
+    pipeline = make_pipeline(model, tiny_database, lexicon)
+    with pytest.raises(Abandoned):
+        during(pipeline, [ev.encode_image_event(ev.ImageEvent("e", "cam", image=shape("star", 1)))],
+               pipeline.outages.abandon)

@@ -6,6 +6,7 @@ import signal
 import time
 
 import msgpack
+import pytest
 from PIL import Image
 
 from tests.workers.conftest import (
@@ -163,3 +164,165 @@ def test_commits_that_keep_failing_make_the_worker_stop_and_say_why(broker, work
     records = collect(broker.url, sent + 1, timeout_s=8, quiet_s=0)  # a quiet period: it never comes
     assert len(records) == answered_before, "a halted worker took a new event"
     assert worker.process.poll() is None
+
+
+# --- a fault of the system is not a fault of the record ---------------------------------------------
+
+def wait_for(condition, timeout_s: float, worker, what: str):
+    """Polls `condition()` until it is true; fails with the worker's log tail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not seen after {timeout_s}s: {worker.log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+def status(worker) -> dict:
+    return http_get(worker.web_port, "/status")[1]
+
+
+def published_in_order(records, events) -> None:
+    """One label per event, none dead-lettered, each stream's labels in its events' order."""
+    answers = by_event(records)
+    assert set(answers) == {e.event_id for e in events}
+    assert all(len(answers[e.event_id]) == 1 for e in events), "exactly one record per event"
+    assert all(topic == ev.LABELS_OUT for e in events for topic, _ in answers[e.event_id]), \
+        [ev.decode_dead_letter(v) for t, v in records if t == ev.DEAD_LETTER][:3]
+    labels = [ev.decode_label_event(value) for topic, value in records if topic == ev.LABELS_OUT]
+    for stream in {e.stream_id for e in events}:
+        assert [l.event_id for l in labels if l.stream_id == stream] == \
+            [e.event_id for e in events if e.stream_id == stream]
+
+
+@pytest.mark.parametrize("mode, outage_s", [("refuse", 30.0), ("slow_down", 15.0)])
+def test_storage_failing_for_everyone_pauses_the_worker_and_loses_nothing(broker, s3_endpoint, workers, mode,
+                                                                          outage_s):
+    """A steady stream of 4 events/s from S3; the S3 endpoint refuses every connection (or answers 503
+    SlowDown) for a while in the middle: every event labelled once it is back, none dead-lettered, each
+    stream in order, the worker not ready during the outage and ready after."""
+    from tests.workers.proxy import PASS, SwitchableProxy
+
+    url, s3 = s3_endpoint
+    s3.create_bucket(Bucket="frames")
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    rate, before_s, after_s = 4.0, 10.0, 5.0
+    count = int(rate * (before_s + outage_s + after_s))
+    for i in range(count):
+        s3.put_object(Bucket="frames", Key=f"{i}.png", Body=shape(("star", "moon")[i % 2], i))
+    events = [image_event(f"cam-{i % 2}", f"s3://frames/{i}.png", event_id=f"f{i}") for i in range(count)]
+    with SwitchableProxy(int(url.rsplit(":", 1)[1])) as proxy:
+        worker = workers(broker.url, {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "CASED_S3_BUCKETS": "frames",
+            "CASED_FETCH_TIMEOUT_S": "2", "CASED_MAX_WAIT_S": "0.2"})
+        wait_ready(worker)
+        client = producer(broker.url)
+        started, switched, not_ready = time.monotonic(), {}, False
+        for i, event in enumerate(events):  # paced: a steady stream, not a condition to wait for
+            time.sleep(max(0.0, started + i / rate - time.monotonic()))
+            elapsed = time.monotonic() - started
+            if "down" not in switched and elapsed >= before_s:
+                proxy.switch(mode)
+                switched["down"] = time.monotonic()
+            if "back" not in switched and elapsed >= before_s + outage_s:
+                proxy.switch(PASS)
+                switched["back"], back_at = time.monotonic(), time.time()
+            if "down" in switched and "back" not in switched and not not_ready:
+                code, body = http_get(worker.web_port, "/ready")
+                if code == 503:
+                    not_ready = True
+                    paused = status(worker)["paused"]
+                    assert set(paused) == {"storage"} and paused["storage"]["since"] > 0, paused
+            client.send("images.in", key=event.stream_id.encode(), value=ev.encode_image_event(event))
+        client.flush()
+        client.close()
+        records = collect(broker.url, count, timeout_s=120, quiet_s=3)
+    assert not_ready, "the worker never said it was paused"
+    published_in_order(records, events)
+    # Caught up: the storage back, until the last event published during the outage had its label.
+    held = {e.event_id for i, e in enumerate(events) if i / rate < before_s + outage_s}
+    caught_up = max(ev.decode_label_event(v).ts_out for t, v in records if t == ev.LABELS_OUT
+                    and ev.decode_label_event(v).event_id in held) - back_at
+    wait_for(lambda: http_get(worker.web_port, "/ready")[0] == 200, 30, worker, "ready again")
+    final = status(worker)
+    assert final["outages"] == {"storage": 1} and final["paused"] == {} and final["dead_letters"] == {}
+    assert final["paused_s"]["storage"] > 0.5 * outage_s
+    print(f"{mode}: {count} events, outage {outage_s:.0f} s, dead letters {sum(final['dead_letters'].values())}, "
+          f"paused {final['paused_s']['storage']:.1f} s, every held event labelled {caught_up:.1f} s after the "
+          "storage came back")
+
+
+def test_a_model_failing_for_every_image_pauses_and_resumes(broker, workers, tmp_path):
+    switch = tmp_path / "model-down"
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    worker = workers(broker.url, {"CASED_MAX_WAIT_S": "0.2"},
+                     faults={"encoder_fails_while": {"path": str(switch), "error": "CUDA error: unknown error"}})
+    wait_ready(worker)
+    first = [image_event("cam", shape("star", i), event_id=f"a{i}") for i in range(8)]
+    send(broker.url, first)
+    collect(broker.url, len(first), quiet_s=0)
+    switch.touch()
+    during = [image_event("cam", shape("moon", i), event_id=f"b{i}") for i in range(16)]
+    send(broker.url, during)
+    wait_for(lambda: http_get(worker.web_port, "/ready")[0] == 503, 60, worker, "not ready")
+    paused = status(worker)["paused"]
+    assert set(paused) == {"model"} and "known-good" in paused["model"]["detail"]
+    assert http_get(worker.web_port, "/live")[0] == 200  # within the outage budget
+    time.sleep(10)  # the outage's length: the model stays down for this long
+    assert len(read_outputs(broker.url)) == len(first), "an event was answered while the model was down"
+    switch.unlink()
+    records = collect(broker.url, len(first) + len(during), timeout_s=60)
+    published_in_order(records, first + during)
+    final = status(worker)
+    assert final["outages"] == {"model": 1} and final["dead_letters"] == {} and final["ready"]
+
+
+def test_a_lost_device_ends_the_worker_and_a_restart_labels_every_event(broker, workers, tmp_path):
+    switch = tmp_path / "device-lost"
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    lost = workers(broker.url, {"CASED_MAX_WAIT_S": "0.2"}, faults={"encoder_fails_while": {
+        "path": str(switch), "error": "CUDA error: an illegal memory access was encountered"}})
+    wait_ready(lost)
+    first = [image_event("cam", shape("star", i), event_id=f"a{i}") for i in range(8)]
+    send(broker.url, first)
+    collect(broker.url, len(first), quiet_s=0)
+    switch.touch()
+    later = [image_event("cam", shape("heart", i), event_id=f"b{i}") for i in range(12)]
+    send(broker.url, later)
+    assert lost.process.wait(60) == 3, lost.log.read_text()[-3000:]  # EXIT_DEVICE_LOST: restart it clean
+    assert "the device failed for good" in lost.log.read_text()
+    assert len(read_outputs(broker.url)) == len(first)  # nothing answered, nothing dead-lettered
+    restarted = workers(broker.url, {"CASED_MAX_WAIT_S": "0.2"})
+    records = collect(broker.url, len(first) + len(later), timeout_s=90)
+    published_in_order(records, first + later)
+    assert restarted.process.poll() is None
+
+
+def test_out_of_memory_on_large_batches_settles_on_a_smaller_batch_and_grows_back(broker, workers, tmp_path):
+    switch = tmp_path / "memory-pressure"
+    switch.touch()
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    worker = workers(broker.url, {"CASED_BATCH_SIZE": "8", "CASED_MAX_WAIT_S": "0.5"},
+                     faults={"oom_above_while": {"path": str(switch), "images": 2}})
+    wait_ready(worker)
+    sent: list = []
+
+    def burst(n: int) -> None:
+        events = [image_event(f"s{i % 3}", shape("star", len(sent) + i), event_id=f"e{len(sent) + i}")
+                  for i in range(n)]
+        send(broker.url, events)
+        sent.extend(events)
+        collect(broker.url, len(sent), quiet_s=0)
+
+    for _ in range(6):
+        burst(8)
+    pressured = status(worker)
+    assert pressured["model_batch_size"] == 2 and pressured["dead_letters"] == {}
+    switch.unlink()
+    wait_for(lambda: burst(8) or status(worker)["model_batch_size"] == 8, 120, worker, "the batch size back at 8")
+    records = collect(broker.url, len(sent))
+    published_in_order(records, sent)
+    final = status(worker)
+    # Two calls to settle (8 -> 4 -> 2), then a failed growth per doubling wait: a handful, not one per batch.
+    assert final["out_of_memory"] <= 5 and final["outages"] == {}
+    print(f"out of memory: {len(sent)} events, {final['counters']['batches']} batches, "
+          f"{final['out_of_memory']} failing model calls")

@@ -234,6 +234,26 @@ def test_lag_is_per_partition_and_never_negative():
     assert lag == {0: 5, 1: 0}
 
 
+def test_pauses_are_metrics_per_dependency():
+    from workers.failures import STORAGE, SystemFault
+    from workers.outages import Outages
+
+    now = [0.0]
+    outages, recorded = Outages(clock=lambda: now[0]), Recorded()
+    recorded.telemetry.observe_outages(outages.status)
+    assert recorded.collect().get("cased.paused", []) == []  # nothing down yet: no series
+    outages.down(SystemFault(STORAGE, "refused"))
+    now[0] = 12.5
+
+    def by_dependency(name: str) -> dict:
+        return {p.attributes["dependency"]: p.value for p in recorded.collect()[name]}
+
+    assert by_dependency("cased.paused") == {STORAGE: 1} and by_dependency("cased.outages") == {STORAGE: 1}
+    assert by_dependency("cased.paused.time") == {STORAGE: 12.5}
+    outages.up(STORAGE)
+    assert by_dependency("cased.paused") == {STORAGE: 0} and by_dependency("cased.paused.time") == {STORAGE: 12.5}
+
+
 # ------------------------------------------------------------------ across Kafka, to a worker process
 
 class OtlpReceiver:

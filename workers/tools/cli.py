@@ -30,7 +30,7 @@ WORKER_FLAGS = ("cache_dir", "k", "search", "search_memory_mb", "alpha", "top_n"
                 "fetch_wait_ms", "max_wait_s", "decode_threads", "jpeg_decoder", "torch_threads", "history_policy",
                 "history_similarity", "history_margin", "history_patience", "history_patience_s", "fetch_timeout_s",
                 "fetch_retries", "max_bytes", "max_pixels", "s3_buckets", "file_root", "allow_private_hosts",
-                "web_port")
+                "web_port", "outage_budget_s")
 
 
 def _model_args(parser: argparse.ArgumentParser, settings: Settings, database: bool = True) -> None:
