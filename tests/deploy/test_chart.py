@@ -275,13 +275,13 @@ def test_invalid_values_fail_with_a_clear_message(values, message):
 
 
 EXAMPLE = CHART / "examples" / "gpu-kafka-s3.yaml"
-README = CHART.parents[1] / "README.md"
+DEPLOYMENT = CHART.parents[1] / "docs" / "deployment.md"
 
 
 def test_the_documented_gpu_kafka_s3_example_renders():
-    """README "Deploying on Kubernetes" shows this file verbatim; it lints and renders as documented."""
+    """docs/deployment.md shows this file verbatim; it lints and renders as documented."""
     text = EXAMPLE.read_text()
-    assert text.strip() in README.read_text(), "README and examples/gpu-kafka-s3.yaml differ"
+    assert text.strip() in DEPLOYMENT.read_text(), "docs/deployment.md and examples/gpu-kafka-s3.yaml differ"
     values = yaml.safe_load(text)
     assert helm.lint(CHART, values)["errors"] == []
     rendered = render(values)
