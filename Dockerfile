@@ -9,7 +9,7 @@
 # the same python:slim base: a GPU node only needs the NVIDIA driver and container toolkit.
 # Either way torch/torchvision are held to the pair pinned in constraints.txt.
 #
-# Configuration is environment only (CASED_*, AWS_*, OTEL_*; see README "Configuration").
+# Configuration is environment only (CASED_*, AWS_*, OTEL_*; see docs/configuration.md).
 
 ARG PYTHON_VERSION=3.11.14
 

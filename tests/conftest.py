@@ -16,6 +16,21 @@ from cased_core.train import TINY_MODEL_CFG, TINY_PREPROCESS_CFG
 from workers.tools.broker import free_port
 
 
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """`cased` commands run in process (main(...)) set the process's logging up (workers/logs.py): put it
+    back after each test, so that one test's levels never hide another's records."""
+    import logging
+
+    root, named = logging.getLogger(), [logging.getLogger(name) for name in ("cased", "kafka")]
+    saved = root.handlers[:], root.level, [logger.level for logger in named]
+    yield
+    root.handlers, root.level = saved[0], saved[1]
+    for logger, level in zip(named, saved[2]):
+        logger.setLevel(level)
+    logging.captureWarnings(False)
+
+
 @pytest.fixture(scope="session")
 def lexicon():
     return load_lexicon()

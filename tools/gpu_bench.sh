@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmarks (README: Benchmarks), on a machine with an NVIDIA GPU, its own PyTorch and no network.
+# The GPU benchmarks (docs/benchmarks.md), on a machine with an NVIDIA GPU, its own PyTorch and no network.
 #
 #   tools/gpu_bench.sh download [WHEELS]      here, where the package registries answer: the wheels of
 #                                             every dependency the GPU machine's image lacks, for its

@@ -1,6 +1,6 @@
 """Wire contracts of images.in, labels.out and images.dlq: msgpack maps, keyed by stream_id (UTF-8).
 
-Field names are the product's API (documented in the README). No pickle anywhere.
+Field names are the product's API (documented in docs/streaming.md). No pickle anywhere.
 """
 from __future__ import annotations
 

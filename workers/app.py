@@ -25,7 +25,7 @@ import faust
 from faust.types import TP
 
 from topics import events as ev
-from workers import compat
+from workers import compat, prometheus
 from workers.clients import bootstrap, ensure_topics
 from workers.costs import StageCosts
 from workers.failures import DeviceLost
@@ -34,6 +34,7 @@ from workers.health import WorkerHealth
 from workers.histories import ChangelogStore
 from workers.offsets import Consumed, Frontier, Gap, read_partition, read_range
 from workers.outages import Abandoned, Outages
+from workers.ports import port_problem
 from workers.produce import Record, send_records
 from workers.security import aiokafka_options, faust_credentials, kafka_python_options
 from workers.settings import Settings
@@ -115,7 +116,7 @@ class Worker:
             topic_partitions=settings.partitions, store="memory://",
             # Joins the group in seconds instead of 30 s (measured against the embedded broker).
             broker_rebalance_timeout=5.0, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
-            web_port=settings.web_port, web_bind="0.0.0.0", web_in_thread=False,
+            web_port=settings.web_port, web_bind=settings.web_host, web_in_thread=False,
             producer_acks=-1,
             # images.in events Faust buffers ahead of the agent: the memory bound under overload (it
             # pauses fetching at 80% full). At least ~2 s of work: when every partition is paused
@@ -167,6 +168,7 @@ class Worker:
         app.page("/live")(_view(lambda: ({"live": health.live()}, health.live())))
         app.page("/status")(_view(lambda: (health.status(), True)))
         telemetry.observe_outages(pipeline.outages.status)
+        app.page("/metrics")(prometheus.page(health, telemetry))  # for Prometheus: workers/prometheus.py
 
     # -- the data path -----------------------------------------------------------------------------
 
@@ -396,9 +398,20 @@ def history_topic(settings: Settings) -> str:
     return f"{settings.app_id}-stream-history-changelog"
 
 
-def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """`cased worker`: blocks until SIGTERM/SIGINT, then stops cleanly."""
+def run_worker(settings: Settings) -> None:
+    """`cased worker`: blocks until SIGTERM (then returns, the worker stopped cleanly) or SIGINT.
+
+    Raises:
+        ValueError: the web port cannot be listened on (checked before anything loads).
+        KeyboardInterrupt: after Ctrl-C (SIGINT), once the worker stopped as cleanly as on SIGTERM.
+    """
     compat.require_compatible()  # before anything starts: the guarantees rest on these internals
+    # Before the model's seconds of loading: a second worker on one machine is told at once.
+    taken = port_problem(settings.web_host, settings.web_port)
+    if taken:
+        raise ValueError(f"web_port {settings.web_port}: cannot listen on {settings.web_host}:{settings.web_port} "
+                         f"({taken}); another worker on this machine? Give this one another port with "
+                         "CASED_WEB_PORT or --web-port")
     # Before torch loads OpenMP: idle intra-op threads sleep instead of spinning. Spinning, they burned
     # 1.5 ms of CPU per image (bench stream, tiny model, 640x480), the cores the decode threads need.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -411,11 +424,30 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # The consumer joins its group only once the model and database loaded: a worker that cannot load
     # them fails with one line (ModelLoadError, DatabaseError) and never takes partitions.
     worker = Worker.init(settings, build_pipeline(settings, StageCosts()))
-    runner = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
-    if not runner.stdout.isatty():  # its progress spinner writes cursor escape codes into logs and pipes
-        runner.spinner = None
+    serving = worker.pipeline.serving()
+    log.info("loaded model %s and database %s (device %s, search %s)", worker.pipeline.classifier.model.identity,
+             worker.pipeline.database_name, serving.get("device"), serving.get("search"))
+    log.info("reading %s at %s as group %s; /ready, /live, /status and /metrics on http://%s:%d",
+             settings.images_topic, settings.broker, settings.app_id, settings.web_host, settings.web_port)
+    # Logging is the command line's (workers/logs.py): Faust's own set-up would add colour codes, a
+    # progress spinner and its start-up tables.
+    runner = _Runner(worker.app, quiet=True, override_logging=False)
+    runner.spinner = None
     try:
         runner.execute_from_commandline()
-    finally:
+    except SystemExit as stopped:
         if worker.device_lost is not None:
-            raise SystemExit(EXIT_DEVICE_LOST)
+            raise SystemExit(EXIT_DEVICE_LOST) from None  # stopped itself: the device failed for good
+        if runner.interrupted and not stopped.code:
+            raise KeyboardInterrupt from None  # stopped cleanly after Ctrl-C: the command exits with 130
+        raise
+
+
+class _Runner(faust.Worker):
+    """Faust's worker, noting a SIGINT (it stops on SIGINT as on SIGTERM, and exits 0 either way)."""
+
+    interrupted = False
+
+    def _on_sigint(self) -> None:
+        self.interrupted = True
+        super()._on_sigint()

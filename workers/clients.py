@@ -105,7 +105,53 @@ def publish(client, topic: str, events: Iterable[ev.ImageEvent], telemetry: Tele
 
 
 class MissingTopic(ValueError):
-    """A topic to read that the broker does not have."""
+    """A topic to read or write that the broker does not have."""
+
+
+TOPIC_WAIT_S = 10.0  # how long a missing topic is waited for: a worker starting now creates its topics
+
+
+def topic_partitions(consumer, broker: str, topics: list[str], wait_s: float = TOPIC_WAIT_S) -> list:
+    """Every partition of `topics` (kafka-python TopicPartitions), once the broker has them all.
+
+    Metadata requests here name the topics, which creates none: brokers that auto-create topics do it
+    for producers (and `cased publish` refuses to write to a topic that does not exist, where no worker
+    would read it).
+
+    Raises:
+        MissingTopic: a topic still missing after `wait_s` seconds (the time waited is named).
+    """
+    from kafka import TopicPartition
+
+    started = time.monotonic()
+    while True:
+        found = {topic: sorted(consumer.partitions_for_topic(topic) or ()) for topic in topics}
+        missing = [topic for topic, ids in found.items() if not ids]
+        if not missing:
+            return [TopicPartition(topic, p) for topic, ids in found.items() for p in ids]
+        waited = time.monotonic() - started
+        if waited >= wait_s:
+            raise MissingTopic(f"no topic {', '.join(missing)} at {broker} (waited {waited:.0f} s): a worker creates "
+                               "its topics when it starts (so does `cased local`); start one, or check the topic "
+                               "names (--images-topic, --labels-topic, --dead-letter-topic)")
+        time.sleep(0.2)
+
+
+def require_topics(broker: str, topics: list[str], wait_s: float = TOPIC_WAIT_S, **kafka_options) -> None:
+    """Return once the broker answers and has `topics` (see topic_partitions); with no topics, once it
+    answers.
+
+    Raises:
+        MissingTopic: a topic still missing after `wait_s` seconds.
+        ConnectionError: no broker answered.
+    """
+    from kafka import KafkaConsumer
+
+    consumer = connect(KafkaConsumer, broker, kafka_options, enable_auto_commit=False)
+    try:
+        topic_partitions(consumer, broker, topics, wait_s)
+    finally:
+        consumer.close()
 
 
 def read_records(broker: str, topics: list[str], idle_timeout_s: float | None = 5.0,
@@ -119,7 +165,7 @@ def read_records(broker: str, topics: list[str], idle_timeout_s: float | None = 
 def read_messages(broker: str, topics: list[str], idle_timeout_s: float | None = 5.0,
                   from_beginning: bool = True, **kafka_options) -> Iterator:
     """As read_records, whole kafka-python ConsumerRecords (with headers, partition, offset)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
 
     consumer = connect(KafkaConsumer, broker, kafka_options,
                        consumer_timeout_ms=int(idle_timeout_s * 1000) if idle_timeout_s else float("inf"),
@@ -129,19 +175,7 @@ def read_messages(broker: str, topics: list[str], idle_timeout_s: float | None =
                        # few labels carrying large attrs in one response made the reader fail
                        receive_message_max_bytes=64 * 1024 * 1024)
     try:
-        partitions = []
-        deadline = time.monotonic() + 10
-        for topic in topics:
-            ids = consumer.partitions_for_topic(topic)
-            while ids is None and time.monotonic() < deadline:
-                time.sleep(0.2)
-                ids = consumer.partitions_for_topic(topic)
-            partitions += [TopicPartition(topic, p) for p in sorted(ids or ())]
-        missing = [t for t in topics if not any(p.topic == t for p in partitions)]
-        if missing:
-            raise MissingTopic(f"no topic {', '.join(missing)} at {broker} after 10 s: a worker creates its "
-                               "topics when it starts; start one, or check the topic names (--labels-topic, "
-                               "--dead-letter-topic, --images-topic)")
+        partitions = topic_partitions(consumer, broker, topics)
         consumer.assign(partitions)
         if from_beginning:
             consumer.seek_to_beginning(*partitions)

@@ -31,6 +31,7 @@ class WorkerHealth:
     started: float = field(default_factory=time.monotonic)
     counters: Counter = field(default_factory=Counter)
     dead_letters: Counter = field(default_factory=Counter)
+    batch_sizes: Counter = field(default_factory=Counter)  # batches taken, by their number of events
     commit_failures: int = 0  # batches in a row whose commit failed
     last_commit_error: str | None = None
     halted: str | None = None  # why the worker stopped taking events; /live fails while set
@@ -53,6 +54,7 @@ class WorkerHealth:
             self.busy_since = self.clock()
         self.counters["events_in"] += events
         self.counters["batches"] += 1
+        self.batch_sizes[events] += 1
 
     def batch_done(self, labels: int, dead_letter_reasons: list[str]) -> None:
         self.in_flight = max(0, self.in_flight - 1)
@@ -117,6 +119,7 @@ class WorkerHealth:
             "seconds_since_progress": None if self.last_progress is None else round(now - self.last_progress, 1),
             "batch_in_flight_s": None if self.busy_since is None else round(now - self.busy_since, 1),
             "counters": dict(self.counters), "dead_letters": dict(self.dead_letters),
+            "in_flight": self.in_flight, "batch_sizes": dict(self.batch_sizes),
             "commit_failures_in_a_row": self.commit_failures, "last_commit_error": self.last_commit_error,
             "halted": self.halted, "cpu_s_by_stage": self.costs.snapshot(),
             **self.outages.status(),

@@ -514,7 +514,8 @@ class Pipeline:
             raise fault
         if fault.reason == ev.INTERNAL_ERROR:
             log.warning("event %r of stream %r failed (%s): dead-lettered as %s", (event_id or "")[:80],
-                        (stream_id or "")[:80], fault.detail, ev.INTERNAL_ERROR)
+                        (stream_id or "")[:80], fault.detail, ev.INTERNAL_ERROR,
+                        extra={"event_id": event_id, "stream_id": stream_id})
         letter = ev.dead_letter(fault.reason, fault.detail, payload, event_id, stream_id)
         return Output(ev.DEAD_LETTER, letter.stream_id.encode() if letter.stream_id else None,
                       ev.encode_dead_letter(letter), fault.reason)

@@ -17,6 +17,7 @@ from cased_core.history import HistoryPolicy
 from cased_core.options import HISTORY_POLICIES, JPEG_DECODERS, SEARCHES, ClassifierConfig
 from workers.decode import ImageLimits
 from workers.fetch import FetchLimits
+from workers.logs import FORMATS as LOG_FORMATS, LEVELS as LOG_LEVELS
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")  # what Faust, aiokafka and kafka-python all speak
@@ -85,7 +86,15 @@ class Settings:
     file_root: str = setting("", "folder file:// sources may read from; empty: none")
     allow_private_hosts: int = setting(0, "1: let http(s) reach loopback/private addresses (tests, on-prem)",
                                        choices=(0, 1))
-    web_port: int = setting(6066, "health and status endpoint port", minimum=1, maximum=65535)
+    web_port: int = setting(6066, "the worker's web port: /ready, /live, /status and /metrics", minimum=1,
+                            maximum=65535)
+    web_host: str = setting("0.0.0.0", "address the web port listens on: all interfaces by default, since the "
+                            "orchestrator's probes and Prometheus reach a pod at its own address; 127.0.0.1 keeps it "
+                            "on this machine")
+    log_level: str = setting("info", "level of the cased loggers (a worker's start is a few info lines); the "
+                             "libraries' warnings and errors are logged too, everything at debug", choices=LOG_LEVELS)
+    log_format: str = setting("text", "text (one line a record) or json (one object a line: time, level, logger, "
+                              "message, event_id and stream_id where known), for log collectors", choices=LOG_FORMATS)
     outage_budget_s: float = setting(300.0, "seconds a worker stays paused by a dependency failing for everyone "
                                      "(storage, model, memory) before /live fails and it is restarted", above=0)
     # Kafka security: workers/security.py maps these onto every Kafka client.
@@ -204,7 +213,9 @@ def add_flags(parser, settings: Settings, *names: str, aliases: dict[str, str] |
         meta = f.metadata
         options = [flag_name(name)] + ([aliases[name]] if aliases and name in aliases else [])
         now = getattr(settings, name)
-        parser.add_argument(*options, dest=name, default=None, metavar=name.split("_")[-1].upper(),
+        # A setting with choices shows them (--allow-private-hosts {0,1}), as argparse's own choices do.
+        metavar = "{" + ",".join(map(str, meta["choices"])) + "}" if meta["choices"] else name.split("_")[-1].upper()
+        parser.add_argument(*options, dest=name, default=None, metavar=metavar,
                             type=lambda raw, f=f: _flag_value(f, raw),
                             help=f"{meta['help']} [env {env_name(name)}"
                                  + (f", now {now}]" if now not in (None, "") else "]"))

@@ -204,13 +204,15 @@ class Telemetry:
     def _observe_paused_time(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._per_dependency("paused_s", float)
 
-    @_guarded(fallback=())
-    def _observe_lag(self, options: CallbackOptions) -> Iterable[Observation]:
-        # Runs in the metric reader's thread; reads only what the consumer already knows (no requests).
+    @_guarded(fallback={})
+    def lag(self) -> dict[int, int]:
+        """Records past the group's committed offset, per partition of the topic `observe_lag` named,
+        from what the consumer already knows (no requests); a partition without a commit or a highwater
+        yet is left out. Empty before the first assignment."""
         if self._lag_source is None:
-            return ()
+            return {}
         consumer, topic = self._lag_source
-        observations = []
+        lags = {}
         for tp in consumer.assignment():
             if tp.topic != topic:
                 continue
@@ -220,9 +222,15 @@ class Telemetry:
             highwater = consumer.highwater(tp) if committed is not None else None
             if highwater is not None:
                 # never negative: a broker may report a highwater behind the committed offset
-                observations.append(Observation(max(0, highwater - committed),
-                                                {"topic": topic, "partition": tp.partition}))
-        return observations
+                lags[tp.partition] = max(0, highwater - committed)
+        return lags
+
+    @_guarded(fallback=())
+    def _observe_lag(self, options: CallbackOptions) -> Iterable[Observation]:
+        # Runs in the metric reader's thread.
+        topic = self._lag_source[1] if self._lag_source else None
+        return [Observation(records, {"topic": topic, "partition": partition})
+                for partition, records in self.lag().items()]
 
     def shutdown(self) -> None:
         """Export what is buffered and stop the exporters (blocks up to their timeouts)."""

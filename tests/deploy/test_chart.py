@@ -265,6 +265,8 @@ def test_existing_cache_claim_and_min_available():
     ({"autoscaling": {"mode": "hpa"}, "resources": {"requests": {"cpu": None}}}, "resources.requests.cpu"),
     ({"model": {"pretrained": "openai", "checkpoint": "s3://m/ckpt.pt"}}, "not both"),
     ({"probes": {"startup": {"periodSeconds": 0, "failureThreshold": 60}}}, "/probes/startup/periodSeconds"),
+    ({"logging": {"format": "xml"}}, "/logging/format"),
+    ({"metrics": {"serviceMonitor": {"enabled": True, "interval": "often"}}}, "/metrics/serviceMonitor/interval"),
 ])
 def test_invalid_values_fail_with_a_clear_message(values, message):
     with pytest.raises(helm.HelmError) as err:
@@ -273,13 +275,13 @@ def test_invalid_values_fail_with_a_clear_message(values, message):
 
 
 EXAMPLE = CHART / "examples" / "gpu-kafka-s3.yaml"
-README = CHART.parents[1] / "README.md"
+DEPLOYMENT = CHART.parents[1] / "docs" / "deployment.md"
 
 
 def test_the_documented_gpu_kafka_s3_example_renders():
-    """README "Deploying on Kubernetes" shows this file verbatim; it lints and renders as documented."""
+    """docs/deployment.md shows this file verbatim; it lints and renders as documented."""
     text = EXAMPLE.read_text()
-    assert text.strip() in README.read_text(), "README and examples/gpu-kafka-s3.yaml differ"
+    assert text.strip() in DEPLOYMENT.read_text(), "docs/deployment.md and examples/gpu-kafka-s3.yaml differ"
     values = yaml.safe_load(text)
     assert helm.lint(CHART, values)["errors"] == []
     rendered = render(values)
@@ -341,6 +343,8 @@ SETTING_OF_VALUE = {
     ("history", "patienceSeconds"): "history_patience_s",
     ("webPort",): "web_port",
     ("outageBudgetSeconds",): "outage_budget_s",
+    ("logging", "level"): "log_level",
+    ("logging", "format"): "log_format",
 }
 
 
@@ -359,3 +363,61 @@ def test_the_values_schema_allows_what_the_setting_allows(path, name):
     if not meta["choices"]:
         assert node["type"] == {"int": "integer", "float": "number", "str": "string"}[kind(definition(name))]
     assert default == getattr(Settings(), name)
+
+
+def test_metrics_and_logging_defaults():
+    docs = manifests(render())
+    assert not {"ServiceMonitor"} & kinds(docs)
+    assert len([d for d in docs if d["kind"] == "ConfigMap"]) == 1  # no dashboard unless asked
+    data = one(docs, "ConfigMap")["data"]
+    settings = Settings.from_env(data)  # the chart's logging defaults are the worker's
+    assert (settings.log_level, settings.log_format) == (Settings.log_level, Settings.log_format)
+    data = one(manifests(render({"logging": {"format": "json", "level": "warning"}})), "ConfigMap")["data"]
+    assert (data["CASED_LOG_FORMAT"], data["CASED_LOG_LEVEL"]) == ("json", "warning")
+
+
+def test_a_service_monitor_scrapes_every_worker_at_metrics():
+    docs = manifests(render({"metrics": {"serviceMonitor": {"enabled": True, "interval": "15s",
+                                                            "labels": {"release": "kube-prometheus-stack"}}}}))
+    monitor, service = one(docs, "ServiceMonitor"), one(docs, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # matched by the operator's selector
+    # It selects the workers' Service, in the release's namespace, by the Service's port name.
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["vision"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in [p["name"] for p in service["spec"]["ports"]]
+    assert (endpoint["path"], endpoint["interval"], endpoint["scrapeTimeout"]) == ("/metrics", "15s", "10s")
+    assert worker(docs)["ports"][0]["name"] == endpoint["port"]
+
+
+DASHBOARD = CHART / "dashboards" / "cased-stream.json"
+
+
+def test_the_grafana_dashboard_is_a_configmap_for_the_sidecar():
+    docs = manifests(render({"metrics": {"grafanaDashboard": {"enabled": True,
+                                                              "annotations": {"grafana_folder": "Vision"}}}}))
+    (board,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"  # the label the sidecar watches
+    assert board["metadata"]["annotations"] == {"grafana_folder": "Vision"}
+    (name, text), = board["data"].items()
+    assert name.endswith(".json") and json.loads(text) == json.loads(DASHBOARD.read_text())
+
+
+def test_every_dashboard_query_names_metrics_the_worker_serves():
+    """The names only; tests/workers/test_prometheus_scrape.py runs every query on a real Prometheus."""
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.workers.test_prometheus import SNAPSHOT
+    from workers.prometheus import exposition, registry
+
+    text = exposition(registry(lambda: SNAPSHOT), None)[0].decode()
+    served = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    board = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\b((?:cased|process)_[a-z_]+)", expr)}
+    assert used and used <= served, used - served
+    assert {p["datasource"]["uid"] for p in board["panels"]} == {"${datasource}"}  # the sidecar's any Prometheus
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])

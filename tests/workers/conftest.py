@@ -20,6 +20,7 @@ from PIL import Image
 from cased_core import tinyworld
 from topics import events as ev
 from workers.tools.broker import free_port
+from workers.tools.processes import stop_process
 from workers.clients import producer, publish, read_records
 
 TOPICS = ("images.in", "labels.out", "images.dlq")
@@ -66,13 +67,7 @@ class WorkerProcess:
         return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=30, sig=sig)
 
 
 @pytest.fixture

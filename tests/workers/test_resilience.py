@@ -18,7 +18,7 @@ from topics import events as ev
 from workers.clients import ensure_topics, image_event, producer
 
 # Over its idle footprint (about 1 GB here, mostly torch), what the hostile corpus may cost the worker
-# at its peak (README: "What a worker promises"; measured: about +165 MB).
+# at its peak (docs/streaming.md: "What a worker promises"; measured: about +165 MB).
 PEAK_GROWTH_BOUND_MB = 400
 
 

@@ -68,3 +68,10 @@ def test_kafka_names_are_taken_in_any_case_and_checked():
     with pytest.raises(SettingError, match="kafka_security_protocol 'TLS': choose one of PLAINTEXT, SSL, "
                                            "SASL_PLAINTEXT, SASL_SSL"):
         Settings(kafka_security_protocol="tls")
+
+
+def test_every_setting_is_in_the_configuration_reference():
+    from pathlib import Path
+
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert [env_name(f.name) for f in fields(Settings) if f"`{env_name(f.name)}`" not in reference] == []

@@ -23,7 +23,8 @@ def bench_overload(model_name: str = "tiny", batch_size: int = 16, duration_s: f
 
     from workers.tools.broker import EmbeddedBroker
     from workers.clients import ensure_topics, image_event
-    from workers.tools.demo import start_worker, stop_worker
+    from workers.tools.demo import start_worker
+    from workers.tools.processes import stop_process
     from workers.settings import Settings
 
     settings = Settings(model=model_name)
@@ -146,7 +147,7 @@ def bench_overload(model_name: str = "tiny", batch_size: int = 16, duration_s: f
             peak_rss = (proc_kb(worker.pid, "VmHWM") or 0) / 1024
         finally:
             publisher.close()
-            stop_worker(worker)
+            stop_process(worker)
             answers.stop.set()
             answers.thread.join(10)
 

@@ -96,7 +96,8 @@ def _one_run(broker_url: str, tag: str, size: str, frames: list[bytes], events: 
     """Publish `events` frames to the run's own topics, start one worker, measure it; stop it."""
     from workers.tools.broker import free_port
     from workers.clients import ensure_topics, image_event
-    from workers.tools.demo import local_s3, start_worker, stop_worker
+    from workers.tools.demo import local_s3, start_worker
+    from workers.tools.processes import stop_process
     from workers.settings import Settings
 
     topics = {"CASED_IMAGES_TOPIC": f"{tag}.images.in", "CASED_LABELS_TOPIC": f"{tag}.labels.out",
@@ -147,7 +148,7 @@ def _one_run(broker_url: str, tag: str, size: str, frames: list[bytes], events: 
         peak_rss_mb = (proc_kb(worker.pid, "VmHWM") or 0) / 1024
         dead = dict(answers.dead)
     finally:
-        stop_worker(worker)
+        stop_process(worker)
         answers.stop.set()
         answers.thread.join(10)
         if server is not None:

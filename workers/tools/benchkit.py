@@ -93,23 +93,16 @@ class Answers:
     def _run(self) -> None:
         import hashlib
 
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import KafkaConsumer
 
         from topics import events as ev
-        from workers.clients import connect
+        from workers.clients import connect, topic_partitions
 
         try:
             consumer = connect(KafkaConsumer, self.broker_url, {}, enable_auto_commit=False, fetch_max_wait_ms=20,
                                check_crcs=False)  # kafka-python checks CRCs in pure Python: slow
             try:
-                partitions = []
-                for topic in self.topics:
-                    deadline = time.monotonic() + 20
-                    ids = consumer.partitions_for_topic(topic)
-                    while not ids and time.monotonic() < deadline:
-                        time.sleep(0.2)
-                        ids = consumer.partitions_for_topic(topic)
-                    partitions += [TopicPartition(topic, p) for p in sorted(ids or ())]
+                partitions = topic_partitions(consumer, self.broker_url, list(self.topics), wait_s=20)
                 consumer.assign(partitions)
                 consumer.seek_to_beginning(*partitions)
                 while not self.stop.is_set():

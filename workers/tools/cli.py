@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from cased_core import options
+from workers import logs
 from workers.settings import Settings, add_flags, apply_flags
 
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "cased_core" / "data" / "samples"
@@ -30,7 +32,7 @@ WORKER_FLAGS = ("cache_dir", "k", "search", "search_memory_mb", "alpha", "top_n"
                 "fetch_wait_ms", "max_wait_s", "decode_threads", "jpeg_decoder", "torch_threads", "history_policy",
                 "history_similarity", "history_margin", "history_patience", "history_patience_s", "fetch_timeout_s",
                 "fetch_retries", "max_bytes", "max_pixels", "s3_buckets", "file_root", "allow_private_hosts",
-                "web_port", "outage_budget_s")
+                "web_port", "web_host", "log_level", "log_format", "outage_budget_s")
 
 
 def _model_args(parser: argparse.ArgumentParser, settings: Settings, database: bool = True) -> None:
@@ -127,27 +129,64 @@ def cmd_classify(args) -> None:
                               "candidates": [[n, round(p, 4)] for n, p in prediction.candidates]}))
         else:
             others = ", ".join(f"{n} {p:.2f}" for n, p in prediction.candidates[1:])
-            print(f"{path.name}: {prediction.label} ({prediction.score:.2f})" + (f"  [{others}]" if others else ""))
+            print(f"{path}: {prediction.label} ({prediction.score:.2f})" + (f"  [{others}]" if others else ""))
     if failed:
         raise CliError(f"{failed} of {len(paths)} files could not be classified (see above)")
+
+
+def _check_out(out: Path) -> None:
+    """A database folder is written new: refused before anything loads when `out` holds anything."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CliError(f"--out {out} exists and is not an empty folder; choose a new folder or delete it")
+
+
+def _built_into(out: Path, build) -> Path:
+    """`build(folder)` writes a database into a temporary folder beside `out`, moved to `out` once it
+    is complete: a failed or interrupted build leaves nothing behind, and the retry starts clean."""
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.building-", dir=out.parent) as building:
+        built = build(Path(building) / out.name)
+        if out.exists():
+            out.rmdir()  # empty (checked before the build): replaced by the built one
+        return built.rename(out)
+
+
+def _check_captions(files: Sequence[str], column: str) -> None:
+    """Each caption file holds a caption, read before the model loads (its first captions only)."""
+    from cased_core.captions import read_captions, unique_captions
+
+    for name in files:
+        if next(unique_captions(read_captions(name, column)), None) is None:
+            raise CliError(f"{name} holds no captions: give files with one caption a line (txt), or a "
+                           f"{column!r} column (csv, tsv, jsonl, parquet; another with --caption-column)")
 
 
 def cmd_db_build(args) -> None:
     from cased_core.database_build import build_database
     from cased_core.lexicon import load_lexicon
 
+    out = Path(args.out)
+    _check_out(out)
+    _check_captions(args.captions, args.caption_column)
     model = _load_model(args)
-    out = build_database(args.captions, args.out, model, load_lexicon(), args.caption_column,
-                         batch_size=args.batch_size)
-    print(json.dumps(json.loads((out / "manifest.json").read_text()), indent=2))
+    built = _built_into(out, lambda folder: build_database(
+        args.captions, folder, model, load_lexicon(), args.caption_column, batch_size=args.batch_size,
+        show_progress=sys.stderr.isatty()))  # a bar redrawn with \r is garbage in a file or a pipe
+    print(json.dumps(json.loads((built / "manifest.json").read_text()), indent=2))
 
 
 def cmd_db_import(args) -> None:
     from cased_core.database_build import import_clip_retrieval
     from cased_core.lexicon import load_lexicon
 
-    out = import_clip_retrieval(args.source, args.out, _load_model(args), load_lexicon(), args.caption_column)
-    print(json.dumps(json.loads((out / "manifest.json").read_text()), indent=2))
+    out = Path(args.out)
+    _check_out(out)
+    model = _load_model(args)
+    built = _built_into(out, lambda folder: import_clip_retrieval(
+        args.source, folder, model, load_lexicon(), args.caption_column, show_progress=sys.stderr.isatty()))
+    print(json.dumps(json.loads((built / "manifest.json").read_text()), indent=2))
 
 
 def cmd_db_info(args) -> None:
@@ -268,11 +307,11 @@ def cmd_worker(args) -> None:
 
     settings = args.settings
     kafka_security(settings).ssl_context()  # a Kafka misconfiguration fails now, not after the model loaded
-    run_worker(settings, loglevel=args.loglevel)
+    run_worker(settings)
 
 
 def cmd_publish(args) -> None:
-    from workers.clients import ensure_topics, image_event, producer, publish
+    from workers.clients import image_event, producer, publish, require_topics
     from workers.security import kafka_python_options
     from workers.telemetry import Telemetry
 
@@ -289,7 +328,8 @@ def cmd_publish(args) -> None:
             sources.extend(_image_paths([item]))
     # attrs.source names each image in its label event (`cased labels` shows it), unless given.
     events = [image_event(args.stream, source, {"source": str(source), **attrs}) for source in sources]
-    ensure_topics(settings.broker, [settings.images_topic], settings.partitions, **kafka)
+    # Never created here: a broker that creates topics for producers would make one no worker reads.
+    require_topics(settings.broker, [settings.images_topic], **kafka)
     client = producer(settings.broker, **kafka)
     telemetry = Telemetry.from_env(service_name="cased-publisher")  # with OTEL_*: a trace per image
     try:
@@ -350,11 +390,15 @@ def cmd_view(args) -> None:
     """`cased view`: a live web page of labels.out, images.dlq and images.in, until Ctrl-C."""
     import asyncio
 
-    from workers.security import kafka_security
+    from workers.clients import require_topics
+    from workers.security import kafka_python_options, kafka_security
     from workers.tools.view import serve
 
     settings = args.settings
     kafka_security(settings).ssl_context()  # a Kafka misconfiguration fails now, in one line
+    # A broker that does not answer at start is a mistake, told in one line like every command's; one
+    # lost later is retried, and shown on the page.
+    require_topics(settings.broker, [], **kafka_python_options(settings))
     try:
         asyncio.run(serve(settings, args.host, args.port, fetch_thumbnails=args.fetch_thumbnails))
     except OSError as err:  # only listening raises it: the reader retries Kafka errors itself
@@ -378,8 +422,18 @@ def _bench_parser(bench, name: str, description: str) -> argparse.ArgumentParser
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cased-stream")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser = Parser(prog="cased", description="Vocabulary-free image classification (CaSED)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     add_flags(parser, settings, "cache_dir")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -459,8 +513,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p = commands.add_parser("worker", help="run one streaming worker against any Kafka cluster")
     _broker_args(p, settings)
     _model_args(p, settings)
-    add_flags(p, settings, *WORKER_FLAGS)
-    p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    add_flags(p, settings, *WORKER_FLAGS, aliases={"log_level": "--loglevel"})
     p.set_defaults(func=cmd_worker)
 
     p = commands.add_parser("publish", help="publish image references (uris, files, folders) to images.in")
@@ -526,10 +579,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cased_core.errors import DatabaseError, ModelLoadError
     from workers.compat import IncompatibleDependency
 
+    settings = None
     try:
         environment = Settings.from_env()
         args = build_parser(environment).parse_args(argv)
-        args.settings = apply_flags(args, environment)  # once, checked: each command reads it from here
+        args.settings = settings = apply_flags(args, environment)  # once, checked: each command reads it here
+        # The worker logs for operators; the other commands' problems reach the user as one-line errors
+        # (and open_clip's warning about random weights, say, stays out of the way).
+        logs.configure(settings.log_level, settings.log_format, service=args.command == "worker")
         args.func(args)
     except KeyboardInterrupt:
         # Objects the interrupt cut short in their constructor (a kafka-python client) fail again in
@@ -541,7 +598,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (CliError, DatabaseError, ModelLoadError, FileNotFoundError, ValueError, ConnectionError,
             IncompatibleDependency) as err:
-        print(f"cased: error: {' '.join(str(err).split())}", file=sys.stderr)
+        message = " ".join(str(err).split())
+        if settings is not None and settings.log_format == "json":  # a log collector reads JSON lines only
+            logging.getLogger("cased").error(message)
+        else:
+            print(f"cased: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -28,6 +28,8 @@ from PIL import Image
 from cased_core import tinyworld
 from topics import events as ev
 from workers.tools.broker import EmbeddedBroker, free_port
+from workers.tools.processes import stop_process
+from workers import logs
 from workers.clients import ensure_topics, image_event, producer, publish, read_records
 from workers.settings import Settings
 
@@ -70,24 +72,14 @@ def jpeg(image: Image.Image, max_side: int = 384) -> bytes:
 
 
 def start_worker(settings: Settings, broker_url: str, extra_env: dict[str, str] | None = None,
-                 output: IO | None = None) -> subprocess.Popen:
-    """`cased worker` in its own process; its output goes to `output` (default: stderr, since stdout
-    carries the demo's labels or a benchmark's JSON)."""
+                 output: IO | None = None, log_level: str = "warning") -> subprocess.Popen:
+    """`cased worker` in its own process, logging at `log_level`; its output goes to `output` (default:
+    stderr, since stdout carries the demo's labels or a benchmark's JSON)."""
     env = {**os.environ, "CASED_BROKER": broker_url, "CASED_MODEL": settings.model,
            "CASED_DATABASE": settings.database, "CASED_WEB_PORT": str(free_port()), **(extra_env or {})}
     output = output or sys.stderr
-    return subprocess.Popen([sys.executable, "-m", "workers.tools.cli", "worker", "--loglevel", "warning"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "workers.tools.cli", "worker", "--log-level", log_level], env=env,
                             stdout=output, stderr=output)
-
-
-def stop_worker(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def local_s3(frames: list[bytes]):
@@ -110,30 +102,20 @@ def local_s3(frames: list[bytes]):
     return server, env, uris
 
 
-# Loggers of the libraries the demo runs in its own process: moto's S3 server (werkzeug logs every
-# request), the Kafka clients (the live view's aiokafka, kafka-python's reader) and the view itself.
-QUIET_LOGGERS = ("werkzeug", "aiokafka", "kafka", "cased")
-
-
 @contextmanager
-def logs_to(path: Path, names: tuple[str, ...] = QUIET_LOGGERS):
-    """Sends the records of loggers `names` to the file `path` rather than the terminal, for the
-    duration; their handlers and settings are restored afterwards."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    saved = []
-    for name in names:
-        logger = logging.getLogger(name)
-        saved.append((logger, logger.handlers[:], logger.propagate, logger.level))
-        logger.handlers, logger.propagate = [handler], False
-        if logger.level == logging.NOTSET:
-            logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        for logger, handlers, propagate, level in saved:
-            logger.handlers, logger.propagate, logger.level = handlers, propagate, level
-        handler.close()
+def logs_to(path: Path, settings: Settings):
+    """Sends every log record of this process (the live view, moto's S3 server, the Kafka clients,
+    asyncio) to the file `path` rather than the terminal, for the duration; the logging set-up before
+    it is restored afterwards."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logging.getLogger("cased").level
+    with open(path, "a") as file:
+        logs.configure(settings.log_level, settings.log_format, stream=file)
+        try:
+            yield
+        finally:
+            root.handlers, root.level = saved[0], saved[1]
+            logging.getLogger("cased").setLevel(saved[2])
 
 
 def start_view(settings: Settings, broker_url: str, s3_env: dict[str, str]):
@@ -170,8 +152,9 @@ def run_demo(frames: int = 12, timeout_s: float = 120.0, keep_view: bool | None 
     """
     settings = Settings.from_env()
     work = Path(tempfile.mkdtemp(prefix="cased-demo-"))
-    print(f"logs (worker, S3 endpoint, Kafka clients) in {work}")
-    with logs_to(work / "demo.log"), EmbeddedBroker() as broker, open(work / "worker.log", "w") as worker_log:
+    print(f"logs in {work}: worker.log, broker.log, demo.log (the live view, S3 endpoint and Kafka clients)")
+    with logs_to(work / "demo.log", settings), EmbeddedBroker(log_path=work / "broker.log") as broker, \
+            open(work / "worker.log", "w") as worker_log:
         print(f"embedded broker on {broker.address}")
         s3, s3_env, uris = local_s3([jpeg(f) for f in camera_frames(frames)])
         print(f"local S3 endpoint on {s3_env['AWS_ENDPOINT_URL']} holding {len(uris)} camera frames")
@@ -181,7 +164,7 @@ def run_demo(frames: int = 12, timeout_s: float = 120.0, keep_view: bool | None 
         try:
             view = start_view(settings, broker.url, s3_env)
             print(f"live view: {view.server.url}", flush=True)
-            worker = start_worker(settings, broker.url, s3_env, output=worker_log)
+            worker = start_worker(settings, broker.url, s3_env, output=worker_log, log_level=settings.log_level)
             camera = [image_event("camera-1", uri, {"history": "live"}) for uri in uris]
             uploads = [image_event("uploads", jpeg(photo), {"history": "upload", "name": name})
                        for name, photo in package_photos()]
@@ -218,7 +201,7 @@ def run_demo(frames: int = 12, timeout_s: float = 120.0, keep_view: bool | None 
                     pass
         finally:
             if worker is not None:
-                stop_worker(worker)
+                stop_process(worker)
             if view is not None:
                 view.stop()  # before the broker goes: its Kafka clients would log every retry
             s3.stop()

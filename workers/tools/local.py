@@ -9,11 +9,11 @@ Both servers keep their data in memory: stopping them forgets every record and o
 from __future__ import annotations
 
 import signal
-import socket
 import sys
 
 from workers.tools.broker import EmbeddedBroker
 from workers.clients import ensure_topics
+from workers.ports import port_problem
 from workers.settings import Settings
 
 # moto accepts any credentials; boto3 only needs some to sign its requests.
@@ -34,14 +34,10 @@ def check_port(port: int, flag: str) -> None:
     """
     if not 0 <= port <= 65535:
         raise ValueError(f"{flag} {port}: a port is between 1 and 65535 (0: any free one)")
-    if port == 0:
-        return
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as err:
-            raise ValueError(f"{flag} {port}: 127.0.0.1:{port} is not free ({err.strerror}); "
-                             "pick another port, or 0 for any free one") from err
+    problem = port_problem("127.0.0.1", port)
+    if problem:
+        raise ValueError(f"{flag} {port}: 127.0.0.1:{port} is not free ({problem}); "
+                         "pick another port, or 0 for any free one")
 
 
 def start_s3(port: int, bucket: str):

@@ -258,13 +258,17 @@ class ViewServer:
             try:
                 await consumer.start()
                 await admin.start()
+                if self.state.kafka_error is not None:
+                    log.info("reading Kafka at %s again", self.settings.broker)
                 self.state.kafka_error, self.reading, backoff = None, True, 1.0
                 await self._follow(consumer, admin)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # aiokafka's errors, OSError, TLS errors: retried, never fatal
-                log.warning("reading Kafka at %s failed: %s", self.settings.broker, _error(err))
-                self.state.kafka_error = fit_text(_error(err), MAX_DETAIL)
+                error = fit_text(_error(err), MAX_DETAIL)
+                if error != self.state.kafka_error:  # once, not at every retry: the page shows it meanwhile
+                    log.warning("reading Kafka at %s failed: %s; retrying", self.settings.broker, error)
+                self.state.kafka_error = error
             finally:
                 self.reading = False
                 await asyncio.shield(self._close(consumer, admin))
@@ -540,6 +544,9 @@ class ViewThread:
         if self.server is not None and self._thread.is_alive():
             try:
                 asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout_s)
+                # What the Kafka clients left running (a connection's reader, when stopped while starting):
+                # cancelled and awaited, as asyncio.run does, rather than destroyed pending with the loop.
+                asyncio.run_coroutine_threadsafe(_cancel_others(), self._loop).result(timeout_s)
             except Exception:
                 log.warning("the live view did not stop cleanly", exc_info=True)
         if self._thread.is_alive():
@@ -547,3 +554,11 @@ class ViewThread:
             self._thread.join(timeout_s)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+async def _cancel_others() -> None:
+    """Cancel every other task of the running loop and wait for them to end."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)

@@ -3,15 +3,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
 
 from workers.tools.cli import main
 from topics import events as ev
 from tests.workers.conftest import PARTITIONS, TOPICS, collect
-from workers.clients import bootstrap, ensure_topics, producer
+from workers.clients import TOPIC_WAIT_S, bootstrap, ensure_topics, producer
+from workers.tools.broker import free_port
 from workers.settings import Settings
 
 SAMPLES = Path(__file__).resolve().parents[3] / "cased_core" / "data" / "samples"
@@ -221,3 +223,105 @@ def test_publish_names_each_event_and_labels_show_the_file_it_came_from(capsys, 
 def test_reading_a_topic_the_broker_does_not_have_is_one_line(capsys, broker):
     code, _, err = run(capsys, "labels", "--broker", broker.url, "--labels-topic", "no.such.topic", "--idle", "1")
     assert code == 2 and err.startswith("cased: error: no topic no.such.topic at ") and len(err.splitlines()) == 1
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "--version"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == f"cased {version('cased-stream')}"
+
+
+def test_classify_names_each_file_by_its_path(capsys, tmp_path):
+    """Two files of one name in different folders are told apart."""
+    (tmp_path / "sub").mkdir()
+    for target in (tmp_path / "star.png", tmp_path / "sub" / "star.png"):
+        target.write_bytes((SAMPLES / "star.png").read_bytes())
+    code, out, _ = run(capsys, "classify", str(tmp_path))
+    assert code == 0
+    assert sorted(line.split(": ", 1)[0] for line in out.splitlines()) == [str(tmp_path / "star.png"),
+                                                                         str(tmp_path / "sub" / "star.png")]
+
+
+def test_a_flag_with_choices_shows_them():
+    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "worker", "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert "--allow-private-hosts {0,1}" in result.stdout and "--log-format {text,json}" in result.stdout
+    assert "--allow-private-hosts HOSTS" not in result.stdout
+
+
+def test_a_random_init_model_leaks_no_library_warning_before_the_error():
+    """open_clip warns on the root logger that ViT-B-32 has no pretrained weights; the user gets only
+    the one line saying the tiny database was built with another model."""
+    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "classify", "--model", "ViT-B-32",
+                             str(SAMPLES / "star.png")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cased: error: database ") and "ViT-B-32@random-init" in lines[0]
+
+
+def test_db_build_checks_its_inputs_before_loading_the_model(tmp_path):
+    """An empty caption file, or an --out that holds something, is told before the model loads (the
+    unknown model here would fail otherwise), and leaves nothing behind."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    for out, message in ((tmp_path / "db", f"{empty} holds no captions"),
+                         (taken, f"--out {taken} exists and is not an empty folder")):
+        result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "db", "build", str(empty), "--out", str(out),
+                                 "--model", "ViT-Nope-1"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stderr.startswith(f"cased: error: {message}"), result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "taken"]
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
+
+
+def test_a_failed_db_build_leaves_nothing_and_the_retry_succeeds(capsys, tmp_path, caption_file):
+    """The build fails half-way (a malformed line after good ones, read after the model loaded and the
+    first files were written): --out is not created, no temporary folder is left, and the same command
+    with the line fixed builds."""
+    captions = tmp_path / "captions.jsonl"
+    good = [json.dumps({"caption": c}) for c in caption_file.read_text().splitlines()[:50]]
+    captions.write_text("\n".join(good + ["{not json"]) + "\n")
+    out = tmp_path / "dbs" / "mine"
+    code, _, err = run(capsys, "db", "build", str(captions), "--out", str(out))
+    assert code == 2 and "not a JSON object" in err
+    assert not out.exists() and list((tmp_path / "dbs").iterdir()) == []
+    captions.write_text("\n".join(good) + "\n")
+    code, stdout, _ = run(capsys, "db", "build", str(captions), "--out", str(out))
+    assert code == 0 and json.loads(stdout)["count"] == len({json.loads(g)["caption"] for g in good})
+    assert (out / "manifest.json").is_file() and sorted(p.name for p in (tmp_path / "dbs").iterdir()) == ["mine"]
+
+
+def test_publish_refuses_a_topic_the_broker_does_not_have_and_creates_none(broker):
+    """Waited for (a worker starting now would create it), then one line; the topic is not created,
+    where a broker that creates topics for producers would have made one no worker reads."""
+    ensure_topics(broker.url, ["images.in"], 1)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "publish", str(SAMPLES / "star.png"),
+                             "--stream", "s", "--broker", broker.url, "--images-topic", "images.typo"],
+                            capture_output=True, text=True, timeout=120)
+    waited = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cased: error: no topic images.typo at {broker.url} "
+                                                   f"(waited {TOPIC_WAIT_S:.0f} s)"), result.stderr
+    assert waited >= TOPIC_WAIT_S  # it says how long it waited, and it did wait that long
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap(broker.url))
+    try:
+        assert "images.typo" not in consumer.topics()
+    finally:
+        consumer.close()
+
+
+def test_view_with_no_broker_is_one_line():
+    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "view", "--port", "0",
+                             "--broker", f"kafka://127.0.0.1:{free_port()}"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cased: error: no Kafka broker answered at "), result.stderr
+    assert "live view" not in result.stdout

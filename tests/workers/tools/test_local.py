@@ -13,6 +13,7 @@ from kafka import KafkaConsumer
 
 from workers.tools.cli import main
 from workers.clients import bootstrap, producer
+from workers.tools.broker import EmbeddedBroker
 
 EXPORTED = {"CASED_BROKER", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
             "CASED_S3_BUCKETS"}
@@ -95,3 +96,14 @@ def test_a_port_in_use_is_one_line_naming_the_flag(capsys):
         assert main(["local", "--s3-port", str(port)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"cased: error: --s3-port {port}:") and len(err.splitlines()) == 1, err
+
+
+def test_the_embedded_brokers_temporary_log_goes_with_it(tmp_path):
+    """A log of its own choosing is removed when the broker is stopped; one given is kept."""
+    with EmbeddedBroker() as broker:
+        temporary = broker.log_path
+        assert temporary.exists()
+    assert not temporary.exists()
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        pass
+    assert "listening on" in (tmp_path / "broker.log").read_text()
