@@ -400,7 +400,8 @@ def cmd_view(args) -> None:
     # lost later is retried, and shown on the page.
     require_topics(settings.broker, [], **kafka_python_options(settings))
     try:
-        asyncio.run(serve(settings, args.host, args.port, fetch_thumbnails=args.fetch_thumbnails))
+        asyncio.run(serve(settings, args.host, args.port, fetch_thumbnails=args.fetch_thumbnails,
+                          workers=args.worker or ()))
     except OSError as err:  # only listening raises it: the reader retries Kafka errors itself
         raise CliError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}; "
                        "pick another --port or --host") from err
@@ -547,6 +548,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--fetch-thumbnails", action="store_true",
                    help="also fetch s3://, http(s):// and file:// frames for thumbnails, through the worker's guarded "
                    "fetcher with its limits (--s3-buckets, --file-root, ...); default: inline frames only")
+    p.add_argument("--worker", action="append", metavar="URL",
+                   help="a worker's web address (http://HOST:6066): the page shows whether it is ready or paused "
+                   "by a dependency's outage, from its /status (repeatable)")
     _broker_args(p, settings)
     add_flags(p, settings, "app_id", "max_bytes", "max_pixels", "s3_buckets", "file_root", "allow_private_hosts",
               "fetch_timeout_s", "fetch_retries")

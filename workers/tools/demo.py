@@ -118,10 +118,10 @@ def logs_to(path: Path, settings: Settings):
             logging.getLogger("cased").setLevel(saved[2])
 
 
-def start_view(settings: Settings, broker_url: str, s3_env: dict[str, str]):
+def start_view(settings: Settings, broker_url: str, s3_env: dict[str, str], worker_url: str):
     """The live view of the demo's topics on a free loopback port, started; the camera's s3:// frames
     are fetched for thumbnails through the worker's guarded fetcher, with the worker's limits and the
-    demo's S3 endpoint."""
+    demo's S3 endpoint; the worker at `worker_url` is shown ready or paused."""
     import boto3
 
     from workers.app import fetch_limits
@@ -133,7 +133,7 @@ def start_view(settings: Settings, broker_url: str, s3_env: dict[str, str]):
                       aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
     view = ViewThread(view_settings, port=0, fetch_thumbnails=True,
-                      fetcher=Fetcher(fetch_limits(view_settings), s3_client=s3))
+                      fetcher=Fetcher(fetch_limits(view_settings), s3_client=s3), workers=[worker_url])
     view.start()
     return view
 
@@ -162,9 +162,11 @@ def run_demo(frames: int = 12, timeout_s: float = 120.0, keep_view: bool | None 
                       settings.partitions)
         worker = view = None
         try:
-            view = start_view(settings, broker.url, s3_env)
+            web_port = free_port()
+            view = start_view(settings, broker.url, s3_env, f"http://127.0.0.1:{web_port}")
             print(f"live view: {view.server.url}", flush=True)
-            worker = start_worker(settings, broker.url, s3_env, output=worker_log, log_level=settings.log_level)
+            worker = start_worker(settings, broker.url, {**s3_env, "CASED_WEB_PORT": str(web_port)}, output=worker_log,
+                                  log_level=settings.log_level)
             camera = [image_event("camera-1", uri, {"history": "live"}) for uri in uris]
             uploads = [image_event("uploads", jpeg(photo), {"history": "upload", "name": name})
                        for name, photo in package_photos()]

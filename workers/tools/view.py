@@ -2,7 +2,8 @@
 
 One card per stream (its consistent label, raw label and score, the recent label timeline with the
 changes marked, a thumbnail of its latest frame), dead letters by reason with their detail, events per
-second, and the worker group's lag on each images.in partition. A small aiohttp server pushes the
+second, the worker group's lag on each images.in partition, and, for the workers it is given, whether
+each is ready or paused by a dependency's outage (their /status, asked every WORKER_INTERVAL_S). A small aiohttp server pushes the
 whole view as a JSON snapshot over server-sent events; the page (`view.html`, one file shipped as
 package data, no external resources) builds its DOM with textContent only, never innerHTML, so no
 string a producer wrote is ever parsed as markup.
@@ -36,7 +37,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from topics import events as ev
 from workers.settings import Settings
@@ -55,6 +56,7 @@ PUSH_INTERVAL_S = 0.5  # a viewer gets a snapshot at most this often, and only w
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
 MAX_VIEWERS = 32  # concurrent /events streams; more are refused with 503
 LAG_INTERVAL_S = 1.0
+WORKER_INTERVAL_S = 2.0  # how often each given worker's /status is asked
 REFRESH_S = 30.0  # how often the topics' partitions are looked up again (1 s while one is missing)
 # Records read back per partition when the view starts, so that it does not open empty.
 BACKLOG = {"labels": 200, "dead_letters": 200, "images": 20}
@@ -139,10 +141,13 @@ class ViewServer:
         fetch_thumbnails: also fetch uri frames (s3, http(s), file) for thumbnails.
         fetcher: the fetcher to use for them (default: one with the worker's limits).
         state: the state to fill (default: a new one).
+        workers: web addresses of workers (http://HOST:PORT) whose /status the page shows: ready, or
+            paused on which dependency since when.
     """
 
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 fetch_thumbnails: bool = False, fetcher: Fetcher | None = None, state: ViewState | None = None):
+                 fetch_thumbnails: bool = False, fetcher: Fetcher | None = None, state: ViewState | None = None,
+                 workers: Sequence[str] = ()):
         from workers.decode import ImageLimits
 
         self.settings, self.host, self.port = settings, host, port
@@ -162,6 +167,7 @@ class ViewServer:
         self._snapshot: tuple[float, str] = (-math.inf, "")
         self._page: Page | None = None
         self.reading = False  # the Kafka reader is connected
+        self.workers = [url.rstrip("/") for url in workers]
 
     # -- records -------------------------------------------------------------------------------------
 
@@ -355,6 +361,23 @@ class ViewServer:
         except Exception as err:  # no coordinator yet, a timeout: the page shows "-" and why
             self.state.set_lag([], error=_error(err))
 
+    async def _poll_workers(self) -> None:
+        import aiohttp
+
+        async def ask(session, url: str) -> None:
+            try:
+                async with session.get(f"{url}/status") as response:
+                    self.state.set_worker(url, await response.json())
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # not up yet, gone, not a worker: the page says so
+                self.state.set_worker(url, error=_error(err))
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WORKER_INTERVAL_S)) as session:
+            while True:
+                await asyncio.gather(*(ask(session, url) for url in self.workers))
+                await asyncio.sleep(WORKER_INTERVAL_S)
+
     # -- web -----------------------------------------------------------------------------------------
 
     def _snapshot_json(self) -> str:
@@ -471,6 +494,8 @@ class ViewServer:
         await web.SockSite(self._runner, sock).start()
         self._tasks = [asyncio.create_task(self._read(), name="cased-view-read"),
                        asyncio.create_task(self._thumbnails(), name="cased-view-thumbnails")]
+        if self.workers:
+            self._tasks.append(asyncio.create_task(self._poll_workers(), name="cased-view-workers"))
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{host}:{self.port}/"
         return self.url
@@ -488,7 +513,8 @@ class ViewServer:
 
 
 async def serve(settings: Settings, host: str = "127.0.0.1", port: int = DEFAULT_PORT, fetch_thumbnails: bool = False,
-                announce: Callable[[str], None] = lambda url: print(f"live view: {url}", flush=True)) -> None:
+                announce: Callable[[str], None] = lambda url: print(f"live view: {url}", flush=True),
+                workers: Sequence[str] = ()) -> None:
     """Runs a view until cancelled (Ctrl-C under asyncio.run).
 
     Args:
@@ -496,11 +522,12 @@ async def serve(settings: Settings, host: str = "127.0.0.1", port: int = DEFAULT
         host, port: where to listen (the page shows stream data: loopback unless asked).
         fetch_thumbnails: also fetch uri frames for thumbnails, through the worker's guarded fetcher.
         announce: called with the page's URL once it listens.
+        workers: web addresses of workers whose /status the page shows.
 
     Raises:
         OSError: the address cannot be listened on.
     """
-    server = ViewServer(settings, host, port, fetch_thumbnails)
+    server = ViewServer(settings, host, port, fetch_thumbnails, workers=workers)
     try:
         announce(await server.start())
         await asyncio.Event().wait()

@@ -1,4 +1,5 @@
-"""What `cased view` shows, as pure logic: the stream cards, dead letters, rates and lag, bounded
+"""What `cased view` shows, as pure logic: the stream cards, dead letters, rates, lag and the workers
+it was told to ask (ready, paused on a dependency's outage), bounded
 whatever the topics hold (at most MAX_STREAMS streams, TIMELINE labels per stream, LETTERS_PER_REASON
 dead letters for each of at most MAX_REASONS reasons, strings cut to MAX_TEXT characters). No I/O:
 `workers.tools.view` feeds it decoded records and serves its snapshots."""
@@ -20,6 +21,7 @@ MAX_TEXT = 200  # characters of an id, a label or a reason shown; the contract b
 MAX_DETAIL = ev.MAX_DETAIL_CHARS  # a dead letter's detail, as the contract bounds it
 MAX_CANDIDATES = 5
 RATE_WINDOW_S = 5  # events per second: the mean over this many whole seconds
+MAX_WORKERS = 32  # workers whose /status is shown
 
 
 def fit_text(value: Any, limit: int = MAX_TEXT) -> str | None:
@@ -98,6 +100,7 @@ class ViewState:
         self.streams_dropped = 0
         self.lag: dict[str, Any] = {"partitions": [], "total": None, "error": None}
         self.kafka_error: str | None = None
+        self.workers: dict[str, dict[str, Any]] = {}  # status URL -> what its /status said, or why not
         self.thumbnails_mode = "inline"
         self._serial = 0  # thumbnail versions: the page reloads a thumbnail when its number changes
 
@@ -192,6 +195,22 @@ class ViewState:
         known = [row["lag"] for row in partitions if row["lag"] is not None]
         self.lag = {**self.lag, "partitions": partitions, "total": sum(known) if known else None, "error": None}
 
+    def set_worker(self, url: str, status: dict[str, Any] | None = None, error: str | None = None) -> None:
+        """What the worker at `url` said on /status (ready, live, which dependencies it is paused on),
+        or `error` when it could not be asked. Only the fields shown are kept, each bounded."""
+        if url not in self.workers and len(self.workers) >= MAX_WORKERS:
+            return
+        if status is None:
+            self.workers[url] = {"url": fit_text(url), "error": fit_text(error or "no answer")}
+            return
+        paused = status.get("paused") if isinstance(status.get("paused"), dict) else {}
+        self.workers[url] = {
+            "url": fit_text(url), "error": None, "ready": bool(status.get("ready")), "live": bool(status.get("live")),
+            "halted": fit_text(status.get("halted")), "model_batch_size": _number(status.get("model_batch_size")),
+            "paused": [{"dependency": fit_text(name), "since": _number(o.get("since")),
+                        "seconds": _number(o.get("seconds")), "detail": fit_text(o.get("detail"), MAX_DETAIL)}
+                       for name, o in sorted(paused.items())[:MAX_WORKERS] if isinstance(o, dict)]}
+
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         """The whole view, as the page gets it: JSON-serialisable, streams and reasons sorted by name."""
         now = time.time() if now is None else now
@@ -207,4 +226,5 @@ class ViewState:
         return {"streams": streams, "streams_dropped": self.streams_dropped, "dead_letters": letters,
                 "rates": {name: round(rate.rate(now), 2) for name, rate in self.rates.items()},
                 "totals": dict(self.totals), "lag": self.lag, "kafka_error": self.kafka_error,
-                "thumbnails": self.thumbnails_mode}
+                "thumbnails": self.thumbnails_mode,
+                "workers": [self.workers[url] for url in sorted(self.workers)]}

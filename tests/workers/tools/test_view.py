@@ -145,6 +145,26 @@ def test_lag_per_partition_is_the_end_minus_the_committed_offset():
     assert state.lag["error"] == "GroupCoordinatorNotAvailableError" and state.lag["total"] == 20
 
 
+def test_workers_are_shown_ready_paused_or_unreachable_bounded():
+    state = ViewState()
+    state.set_worker("http://w1:6066", {"ready": False, "live": True, "halted": None, "model_batch_size": 4,
+                                        "paused": {"storage": {"since": 1.7e9, "seconds": 12.5, "detail": "x" * 5000}},
+                                        "counters": {"events_in": 3}})
+    state.set_worker("http://w0:6066", error="ClientConnectorError: refused")
+    [down, paused] = state.snapshot()["workers"]
+    assert down == {"url": "http://w0:6066", "error": "ClientConnectorError: refused"}
+    assert paused["ready"] is False and paused["model_batch_size"] == 4 and "counters" not in paused
+    [storage] = paused["paused"]
+    assert (storage["dependency"], storage["since"], storage["seconds"]) == ("storage", 1.7e9, 12.5)
+    assert len(storage["detail"]) <= ev.MAX_DETAIL_CHARS
+    state.set_worker("http://w1:6066", {"ready": True, "live": True, "paused": {}})
+    assert state.snapshot()["workers"][1]["paused"] == [] and state.snapshot()["workers"][1]["ready"]
+    for n in range(100):
+        state.set_worker(f"http://x{n}:6066", error="refused")
+    assert len(state.snapshot()["workers"]) == 32  # bounded
+    json.dumps(state.snapshot(), allow_nan=False)
+
+
 def test_foreign_records_are_shown_as_bounded_text_and_the_snapshot_is_strict_json():
     state = ViewState()
     odd = label("x" * 300, "<img src=x onerror=alert(1)>", 0, raw=None, changed=None)
@@ -366,6 +386,39 @@ class DevTools:
             await asyncio.sleep(0.2)  # a polling interval, not a wait for something to happen
 
 
+def test_the_view_shows_a_worker_paused_by_an_outage_and_back(broker, workers, tmp_path):
+    """A real worker whose model fails for every image while a file exists: the view's snapshot says it is
+    paused on the model, then ready again once the model is back."""
+    switch = tmp_path / "model-down"
+    ensure_topics(broker.url, TOPICS, PARTITIONS)
+    worker = workers(broker.url, faults={"encoder_fails_while": {"path": str(switch), "error": "CUDA error: unknown"}})
+    wait_ready(worker)
+    address = f"http://127.0.0.1:{worker.web_port}"
+
+    async def run():
+        server = ViewServer(Settings(broker=broker.url), port=0, workers=[address])
+        url = await server.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url + "events") as response:
+                    stream = snapshots(response)
+                    await until(stream, lambda s: s["workers"] and s["workers"][0].get("ready"), 60)
+                    switch.touch()
+                    await asyncio.to_thread(send, broker.url, camera("cam", [("star", 2)], seed=3))
+                    paused = await until(stream, lambda s: s["workers"][0].get("paused"), 60)
+                    switch.unlink()
+                    back = await until(stream, lambda s: s["workers"][0].get("ready")
+                                       and not s["workers"][0]["paused"] and stream_of(s, "cam"), 60)
+        finally:
+            await server.stop()
+        return paused["workers"][0], back["workers"][0]
+
+    paused, back = asyncio.run(run())
+    assert paused["url"] == address and paused["ready"] is False
+    assert [p["dependency"] for p in paused["paused"]] == ["model"] and "known-good" in paused["paused"][0]["detail"]
+    assert back["error"] is None and back["live"]
+
+
 def start_chromium(profile: Path, log: Path) -> tuple[subprocess.Popen, int]:
     """Headless Chromium with a fresh profile and DevTools on a free loopback port; (process, port)."""
     with open(log, "w") as out:
@@ -411,7 +464,7 @@ def test_the_page_in_chromium_follows_a_live_run(broker, workers, tmp_path):
     hostile = image_event(HOSTILE, b"not an image", event_id="bad")  # its dead letter names the stream
 
     async def run():
-        server = ViewServer(Settings(broker=broker.url), port=0)
+        server = ViewServer(Settings(broker=broker.url), port=0, workers=[f"http://127.0.0.1:{worker.web_port}"])
         url = await server.start()
         browser = None
         try:
@@ -469,5 +522,6 @@ def test_the_page_in_chromium_follows_a_live_run(broker, workers, tmp_path):
     assert by_stream["cam-a"]["label"] in names_of("moon") and by_stream["cam-a"]["changed_ticks"] == 2, cards
     assert by_stream["cam-b"]["ticks"] == 4 and by_stream["cam-b"]["changes"] == 1
     assert "Streams" in text and "Lag" in text and "cam-a" in text
+    assert f"Worker http://127.0.0.1:{worker.web_port} ready" in text
     assert "not_an_image" in text and HOSTILE in text and injected == 0  # shown as text, never parsed as markup
     assert errors == [] and reloads == 1, (errors, reloads)  # one load: every update came over the event stream
