@@ -251,16 +251,23 @@ def test_storage_failing_for_everyone_pauses_the_worker_and_loses_nothing(broker
           "storage came back")
 
 
-def test_a_model_failing_for_every_image_pauses_and_resumes(broker, workers, tmp_path):
-    switch = tmp_path / "model-down"
+def model_going_down(broker, workers, switch, error: str):
+    """A ready worker whose encoder raises `error` for everything once `switch` exists, 8 events
+    labelled before: (worker, those events)."""
     ensure_topics(broker.url, TOPICS, PARTITIONS)
     worker = workers(broker.url, {"CASED_MAX_WAIT_S": "0.2"},
-                     faults={"encoder_fails_while": {"path": str(switch), "error": "CUDA error: unknown error"}})
+                     faults={"encoder_fails_while": {"path": str(switch), "error": error}})
     wait_ready(worker)
     first = [image_event("cam", shape("star", i), event_id=f"a{i}") for i in range(8)]
     send(broker.url, first)
     collect(broker.url, len(first), quiet_s=0)
     switch.touch()
+    return worker, first
+
+
+def test_a_model_failing_for_every_image_pauses_and_resumes(broker, workers, tmp_path):
+    switch = tmp_path / "model-down"
+    worker, first = model_going_down(broker, workers, switch, "CUDA error: unknown error")
     during = [image_event("cam", shape("moon", i), event_id=f"b{i}") for i in range(16)]
     send(broker.url, during)
     wait_for(lambda: http_get(worker.web_port, "/ready")[0] == 503, 60, worker, "not ready")
@@ -277,15 +284,8 @@ def test_a_model_failing_for_every_image_pauses_and_resumes(broker, workers, tmp
 
 
 def test_a_lost_device_ends_the_worker_and_a_restart_labels_every_event(broker, workers, tmp_path):
-    switch = tmp_path / "device-lost"
-    ensure_topics(broker.url, TOPICS, PARTITIONS)
-    lost = workers(broker.url, {"CASED_MAX_WAIT_S": "0.2"}, faults={"encoder_fails_while": {
-        "path": str(switch), "error": "CUDA error: an illegal memory access was encountered"}})
-    wait_ready(lost)
-    first = [image_event("cam", shape("star", i), event_id=f"a{i}") for i in range(8)]
-    send(broker.url, first)
-    collect(broker.url, len(first), quiet_s=0)
-    switch.touch()
+    lost, first = model_going_down(broker, workers, tmp_path / "device-lost",
+                                   "CUDA error: an illegal memory access was encountered")
     later = [image_event("cam", shape("heart", i), event_id=f"b{i}") for i in range(12)]
     send(broker.url, later)
     assert lost.process.wait(60) == 3, lost.log.read_text()[-3000:]  # EXIT_DEVICE_LOST: restart it clean
