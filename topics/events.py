@@ -10,6 +10,10 @@ from typing import Any
 import msgpack
 
 SCHEMA_VERSION = 1
+# Keys of an image event's `attrs` the worker reads (every other key passes through untouched).
+ATTR_HISTORY = "history"  # the stream's history policy: cased_core.options.HISTORY_POLICIES
+ATTR_GATE = "gate"  # GATE_OFF: never answer a frame of this stream from an earlier one (cased_core.gate)
+GATE_OFF = "off"
 IMAGES_IN = "images.in"
 LABELS_OUT = "labels.out"
 DEAD_LETTER = "images.dlq"
@@ -73,6 +77,9 @@ class LabelEvent:
     attrs: dict[str, Any] = field(default_factory=dict)
     concept: str | None = None  # the label's concept: wn:<synset>-n, or name:<digest> (lexicon.concept_id)
     changed: bool | None = None  # the stream's consistent label changed at this event (its first label too)
+    # The event whose classification this frame reused: the change gate found it unchanged since that
+    # frame, the last of its stream the model saw. None: classified itself.
+    reused: str | None = None
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ def build_pipeline(settings: Settings, costs: StageCosts | None = None) -> Pipel
     """Load the model and database (the slow part of start-up) and wire the batch pipeline."""
     # Imported here, in the loading thread: torch and open_clip take seconds to import.
     from cased_core.classifier import Classifier, ClassifierConfig
+    from cased_core.gate import GatePolicy
     from cased_core.history import HistoryPolicy
     from cased_core.lexicon import load_lexicon
     from cased_core.model import load_model
@@ -93,7 +94,8 @@ def build_pipeline(settings: Settings, costs: StageCosts | None = None) -> Pipel
                         image_limits=ImageLimits(max_pixels=settings.max_pixels),
                         decode_threads=settings.decode_threads or None, torch_threads=settings.torch_threads or None,
                         jpeg_decoder=settings.jpeg_decoder, costs=costs, batch_size=settings.batch_size,
-                        outages=Outages(budget_s=settings.outage_budget_s))
+                        outages=Outages(budget_s=settings.outage_budget_s),
+                        gate_policy=GatePolicy(max_frames=settings.gate_frames, max_s=settings.gate_seconds))
     pipeline.warm_up()
     return pipeline
 
@@ -231,7 +233,8 @@ class Worker:
         except BaseException:
             self.frontier.forget_taken()
             raise
-        self.health.batch_done(sum(r.topic == ev.LABELS_OUT for r in records), [r.reason for r in records if r.reason])
+        self.health.batch_done(sum(r.topic == ev.LABELS_OUT for r in records), [r.reason for r in records if r.reason],
+                               reused=sum(r.reused for r in records))
         self.frontier.advance([(c.partition, c.offset) for c in consumed])
         await self.commit({c.partition for c in consumed})
 

@@ -15,7 +15,7 @@ import time
 from typing import Callable
 
 # Commits are not a stage here: their cost is waiting on the broker, not CPU.
-STAGES = ("consume", "fetch", "decode", "preprocess", "encode", "search", "score", "history", "produce")
+STAGES = ("consume", "fetch", "decode", "gate", "preprocess", "encode", "search", "score", "history", "produce")
 
 
 class StageCosts:

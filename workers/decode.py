@@ -166,6 +166,14 @@ class EncodedJpeg:
     orientation: int  # EXIF orientation, 1 when upright or unreadable
 
 
+def jpeg_gray(data: bytes) -> np.ndarray:
+    """A JPEG that `inspect_jpeg` passed, in grayscale at its smallest DCT scale (1/8 a side): what a
+    change gate's thumbnail needs, for about 1/64 of a full decode's pixels."""
+    image = Image.open(io.BytesIO(data), formats=("JPEG",))
+    image.draft("L", (max(1, image.width // 8), max(1, image.height // 8)))
+    return np.asarray(image.convert("L"))
+
+
 def inspect_jpeg(data: bytes, limits: ImageLimits) -> EncodedJpeg | None:
     """The checks `decode_image` makes before decoding, on a JPEG, without decoding it: an EncodedJpeg
     when a batched tensor decoder can take it (an 8-bit YCbCr or greyscale JPEG, one frame, up to

@@ -56,11 +56,13 @@ class WorkerHealth:
         self.counters["batches"] += 1
         self.batch_sizes[events] += 1
 
-    def batch_done(self, labels: int, dead_letter_reasons: list[str]) -> None:
+    def batch_done(self, labels: int, dead_letter_reasons: list[str], reused: int = 0) -> None:
+        """A batch answered: `labels` labels (`reused` of them by the change gate) and these dead letters."""
         self.in_flight = max(0, self.in_flight - 1)
         self.last_progress = self.clock()
         self.busy_since = self.last_progress if self.in_flight else None
         self.counters["labels_out"] += labels
+        self.counters["reused"] += reused
         self.dead_letters.update(dead_letter_reasons)
 
     def read_back(self, records: int) -> None:

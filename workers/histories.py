@@ -1,8 +1,8 @@
 """Where each stream's history lives: its state, and the record answered for each of its recent events.
 
 Two kinds of entries in one changelog-backed table, msgpack-encoded:
-- ``["s", stream_id]``: the stream's history state (cased_core.history) and the ids of its last
-  `answers` answered events, oldest first;
+- ``["s", stream_id]``: the stream's history state (cased_core.history), its change-gate state
+  (cased_core.gate) and the ids of its last `answers` answered events, oldest first;
 - ``["r", stream_id, event_id]``: the exact record (topic and value) answered for that event, label or
   dead letter, so that a re-delivered event gets the identical record again.
 
@@ -161,6 +161,13 @@ class BatchHistories:
 
     def set_state(self, stream_id: str, state: dict) -> None:
         self._stream(stream_id)["history"] = state
+
+    def gate(self, stream_id: str) -> dict | None:
+        """The stream's change-gate state (cased_core.gate; None: none yet)."""
+        return self._stream(stream_id).get("gate")
+
+    def set_gate(self, stream_id: str, state: dict | None) -> None:
+        self._stream(stream_id)["gate"] = state
 
     def answer(self, partition: int | None, stream_id: str, event_id: str, topic: str, value: bytes) -> None:
         """Keep the record answered for `event_id` (from images.in `partition`) for re-deliveries."""

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from cased_core import history
+from cased_core import gate, history
 from cased_core.classifier import Classifier, Prediction
 from cased_core.lexicon import Lexicon, concept_id
 from cased_core.options import JPEG_DECODERS
@@ -37,9 +37,10 @@ from cased_core.preprocess import TensorPreprocess, decode_jpegs
 from topics import events as ev
 from workers.batch_limit import BatchLimit
 from workers.costs import StageCosts
-from workers.decode import EncodedJpeg, ImageLimits, decode_image, inspect_jpeg, undecodable
+from workers.decode import EncodedJpeg, ImageLimits, decode_image, inspect_jpeg, jpeg_gray, undecodable
 from workers.failures import MEMORY, MODEL, DeviceLost, RecordFault, SystemFault, describe, fault_of, model_fault
 from workers.fetch import Fetcher
+from workers.gating import BatchGate
 from workers.histories import MAX_ANSWERS, BatchHistories, HistoryStore
 from workers.outages import Outages
 from workers.telemetry import NULL_TRACE, BatchTrace, NullTrace
@@ -77,6 +78,7 @@ class Output:
     key: bytes | None
     value: bytes
     reason: str | None = None  # a dead letter's reason, for the worker's counters
+    reused: bool = False  # a label the change gate answered from an earlier frame, for the counters
 
 
 @dataclass
@@ -88,6 +90,7 @@ class _Ready:
     # uint8 (3, H, W) for the tensor preprocess, or a JPEG left for the batched decoder; without a tensor
     # preprocess, the model's input (3, S, S)
     pixels: torch.Tensor | EncodedJpeg
+    thumb: bytes | None = None  # the change gate's thumbnail (cased_core.gate); None: never gated
     extras: list[str] = field(default_factory=list)  # names the stream already used: extra candidates
 
 
@@ -110,9 +113,10 @@ class Pipeline:
                  same_concept_threshold: float = 0.9, answers: int = MAX_ANSWERS,
                  clock: Callable[[], float] = time.time, costs: StageCosts | None = None,
                  torch_threads: int | None = None, jpeg_decoder: str = "auto", batch_size: int = 16,
-                 outages: Outages | None = None):
+                 outages: Outages | None = None, gate_policy: gate.GatePolicy | None = None):
         self.classifier, self.fetcher, self.policy, self.lexicon = classifier, fetcher, policy, lexicon
         self.outages = outages or Outages()  # what is down now; fetches and model calls wait outages out
+        self.gate_policy = gate_policy  # None: every frame classified
         self.batch_limit = BatchLimit(batch_size)  # images per model call that fit in memory now
         self.database_name, self.image_limits, self.clock = database_name, image_limits, clock
         self.same_concept_threshold, self.answers = same_concept_threshold, answers
@@ -271,15 +275,16 @@ class Pipeline:
             ready = [item for item in batch.ready if item.index not in answered and outputs[item.index] is None]
             for item in ready:
                 item.extras = list((state.state(item.event.stream_id) or history.new_state())["names"])
-        predictions = await self._classify_all(ready, trace)
+        predictions, reused = await self._predict(ready, state, trace)
         with self.costs.measure("history"):
-            for item, prediction in zip(ready, predictions):
+            for item in ready:
+                prediction = predictions[item.index]
                 if isinstance(prediction, RecordFault):
                     self._fail(batch, item.index, prediction)
                     continue
                 try:
                     with trace.stage("history", item.index):
-                        outputs[item.index] = self._label(item.event, prediction, state)
+                        outputs[item.index] = self._label(item.event, prediction, state, reused.get(item.index))
                 except Exception as err:
                     self._fail(batch, item.index, err)
             for i, (topic, value) in answered.items():
@@ -338,37 +343,75 @@ class Pipeline:
         if not items:
             return
         loop = asyncio.get_running_loop()
-        chunks = [items[n::self.decode_threads] for n in range(min(self.decode_threads, len(items)))]
+        work = [(i, data, self.gated(batch.events[i])) for i, data in items]
+        chunks = [work[n::self.decode_threads] for n in range(min(self.decode_threads, len(work)))]
         decoded = await asyncio.gather(*(loop.run_in_executor(self._decode_pool, self._decode_chunk, chunk,
                                                                batch.trace) for chunk in chunks))
-        for i, result in sorted((pair for chunk in decoded for pair in chunk), key=lambda pair: pair[0]):
+        for i, result, thumb in sorted((item for chunk in decoded for item in chunk), key=lambda item: item[0]):
             if isinstance(result, Exception):
                 self._fail(batch, i, result)
             else:
-                batch.ready.append(_Ready(i, batch.events[i], batch.values[i], result))
+                batch.ready.append(_Ready(i, batch.events[i], batch.values[i], result, thumb))
 
-    def _decode_chunk(self, chunk: list[tuple[int, bytes]],
-                      trace: BatchTrace | NullTrace) -> list[tuple[int, torch.Tensor | EncodedJpeg | Exception]]:
+    def gated(self, event: ev.ImageEvent) -> bool:
+        """Whether the change gate may answer this event from an earlier frame of its stream: a gate is
+        set, the stream is a live one, and it did not opt out (attrs gate: off)."""
+        return self.gate_policy is not None and self.gate_policy.max_frames > 1 and \
+            event.attrs.get(ev.ATTR_HISTORY, self.policy.mode) != history.UPLOAD and \
+            event.attrs.get(ev.ATTR_GATE) != ev.GATE_OFF
+
+    def _decode_chunk(self, chunk: list[tuple[int, bytes, bool]], trace: BatchTrace | NullTrace) -> list[tuple]:
         """In a decode thread: each image decoded to uint8 pixels (3, H, W), or only its header checked
         when a batched decoder takes it, or, without a tensor preprocess, run through the model's own
-        transform; a failure is returned for its image alone."""
-        out: list[tuple[int, torch.Tensor | EncodedJpeg | Exception]] = []
-        for i, data in chunk:
+        transform; with the change gate's thumbnail where it is `gated`. A failure is returned for its
+        image alone: (index, pixels or exception, thumbnail or None)."""
+        out: list[tuple] = []
+        for i, data, gated in chunk:
+            thumb = None
             try:
                 with self.costs.measure("decode"), trace.stage("decode", i):
                     encoded = inspect_jpeg(data, self.image_limits) if self.batched_jpeg else None
-                    if encoded is not None:
-                        out.append((i, encoded))
-                        continue
-                    image = decode_image(data, self.image_limits, self.input_size)
-                    if self.tensor_preprocess is not None:
-                        out.append((i, torch.from_numpy(np.array(image)).permute(2, 0, 1)))
-                        continue
-                with self.costs.measure("preprocess"):
-                    out.append((i, self.classifier.model.preprocess(image)))
+                    image = None if encoded is not None else decode_image(data, self.image_limits, self.input_size)
+                if gated:
+                    with self.costs.measure("gate"):
+                        thumb = gate.thumbnail(jpeg_gray(data) if image is None else np.asarray(image.convert("L")))
+                if encoded is not None:
+                    out.append((i, encoded, thumb))
+                elif self.tensor_preprocess is not None:
+                    with self.costs.measure("decode"):
+                        out.append((i, torch.from_numpy(np.array(image)).permute(2, 0, 1), thumb))
+                else:
+                    with self.costs.measure("preprocess"):
+                        out.append((i, self.classifier.model.preprocess(image), thumb))
             except Exception as err:
-                out.append((i, err))
+                out.append((i, err, None))
         return out
+
+    async def _predict(self, ready: list[_Ready], histories: BatchHistories,
+                       trace: BatchTrace | NullTrace) -> tuple[dict[int, Prediction | RecordFault], dict[int, str]]:
+        """Each item's prediction by index, and for the frames the change gate answered from an earlier
+        frame, that frame's event id. Without a gate policy every item goes to the model."""
+        if self.gate_policy is None:
+            return dict(zip((item.index for item in ready), await self._classify_all(ready, trace))), {}
+        with self.costs.measure("gate"):
+            gating = BatchGate(self.gate_policy, histories)
+            to_model = gating.sort(ready)
+        predictions = dict(zip((item.index for item in to_model), await self._classify_all(to_model, trace)))
+        with self.costs.measure("gate"):
+            unreferenced = []  # gated frames whose reference failed in the model: classified after all
+            for item in ready:
+                if item.index in gating.reuses:
+                    found = gating.resolve(item.index, predictions)
+                    if found is None:
+                        unreferenced.append(item)
+                    else:
+                        predictions[item.index] = found
+            gating.write(predictions, {item.index: item.event for item in ready})
+        if unreferenced:
+            predictions.update(zip((item.index for item in unreferenced), await self._classify_all(unreferenced, trace)))
+        reused = {index: reuse.event_id for index, reuse in gating.reuses.items()
+                  if index not in {item.index for item in unreferenced}}
+        return predictions, reused
 
     async def _classify_all(self, ready: list[_Ready], trace: BatchTrace | NullTrace) -> list:
         """Predictions for `ready`, in order, in model calls of at most the batch limit; an image that is
@@ -484,8 +527,9 @@ class Pipeline:
         va, vb = self.classifier.terms.lookup(a), self.classifier.terms.lookup(b)
         return va is not None and vb is not None and float(np.dot(va, vb)) >= self.same_concept_threshold
 
-    def _label(self, event: ev.ImageEvent, prediction: Prediction, batch: BatchHistories) -> Output:
-        mode = event.attrs.get("history", self.policy.mode)
+    def _label(self, event: ev.ImageEvent, prediction: Prediction, batch: BatchHistories,
+               reused: str | None = None) -> Output:
+        mode = event.attrs.get(ev.ATTR_HISTORY, self.policy.mode)
         policy = self.policy if mode == self.policy.mode or mode not in history.POLICIES \
             else history.HistoryPolicy(**{**asdict(self.policy), "mode": mode})
         before = batch.state(event.stream_id)
@@ -496,10 +540,10 @@ class Pipeline:
             score=round(prediction.score, 6), candidates=[[n, round(p, 6)] for n, p in prediction.candidates],
             history=outcome.history, model=self.classifier.model.identity, database=self.database_name,
             ts_in=event.ts, ts_out=self.clock(), attrs=event.attrs, concept=concept_id(outcome.label, self.lexicon),
-            changed=before is None or before.get("current") != outcome.label)
+            changed=before is None or before.get("current") != outcome.label, reused=reused)
         value = ev.encode_label_event(label)
         batch.set_state(event.stream_id, outcome.state)  # only once the record exists
-        return Output(ev.LABELS_OUT, event.stream_id.encode(), value)
+        return Output(ev.LABELS_OUT, event.stream_id.encode(), value, reused=reused is not None)
 
     def _fail(self, batch: Prepared, i: int, err: BaseException) -> None:
         """Event i failed with `err` on its own: its dead letter is its record."""

@@ -29,6 +29,7 @@ Metrics (counters end in `_total`, times are seconds):
 | `cased_outages_total` | counter | `dependency` | outages of each dependency |
 | `cased_paused_seconds_total` | counter | `dependency` | time spent paused on each |
 | `cased_model_batch_size` | gauge | | images per model batch now |
+| `cased_reused_total` | counter | | labels the change gate answered from an earlier frame |
 | `cased_out_of_memory_total` | counter | | model calls that ran out of memory (each halves the batch) |
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ COUNTERS = {
     "batches": ("batches", "batches taken"),
     "read_back": ("read_back", "images.in records read back after Faust skipped them"),
     "commit_failures": ("commit_failures", "batches whose images.in offsets could not be committed"),
+    "reused": ("reused", "labels answered by the change gate from an earlier frame of their stream (no model call)"),
 }
 
 

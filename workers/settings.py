@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from cased_core.gate import GatePolicy
 from cased_core.history import HistoryPolicy
 from cased_core.options import HISTORY_POLICIES, JPEG_DECODERS, SEARCHES, ClassifierConfig
 from workers.decode import ImageLimits
@@ -78,6 +79,11 @@ class Settings:
                                     "scene", minimum=1)
     history_patience_s: float = setting(HistoryPolicy.patience_s, "a far frame this many seconds after the previous one changes "
                                         "scene at once", minimum=0)
+    gate_frames: int = setting(GatePolicy.max_frames, "a live stream's frame that did not change since its last "
+                               "classified frame reuses that result; classify at least every this many frames "
+                               "(1: every frame, the gate off)", minimum=1)
+    gate_seconds: float = setting(GatePolicy.max_s, "... and at least every this many seconds of event time",
+                                  minimum=0)
     fetch_timeout_s: float = setting(FetchLimits.timeout_s, "time limit of one image fetch", above=0)
     fetch_retries: int = setting(FetchLimits.retries, "retries of a fetch that failed for a transient reason", minimum=0)
     max_bytes: int = setting(FetchLimits.max_bytes, "largest image accepted, in bytes", minimum=1)

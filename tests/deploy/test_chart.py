@@ -342,6 +342,8 @@ SETTING_OF_VALUE = {
     ("history", "patience"): "history_patience",
     ("history", "patienceSeconds"): "history_patience_s",
     ("webPort",): "web_port",
+    ("gate", "maxFrames"): "gate_frames",
+    ("gate", "maxSeconds"): "gate_seconds",
     ("outageBudgetSeconds",): "outage_budget_s",
     ("logging", "level"): "log_level",
     ("logging", "format"): "log_format",

@@ -61,9 +61,9 @@ def test_status_counts_events_labels_and_dead_letters_by_reason():
     health.assigned([0, 2])
     health.batch_started(5)
     clock.now += 2
-    health.batch_done(3, ["not_an_image", "forbidden_source"])
+    health.batch_done(3, ["not_an_image", "forbidden_source"], reused=2)
     status = health.status()
-    assert status["counters"] == {"events_in": 5, "batches": 1, "labels_out": 3}
+    assert status["counters"] == {"events_in": 5, "batches": 1, "labels_out": 3, "reused": 2}
     assert status["dead_letters"] == {"not_an_image": 1, "forbidden_source": 1}
     assert status["partitions"] == [0, 2] and status["model"] == "tiny@x" and status["ready"]
     assert status["seconds_since_progress"] == 0 and status["batch_in_flight_s"] is None

@@ -423,3 +423,65 @@ def test_a_paused_batch_is_abandoned_when_told(tiny_model, tiny_database, lexico
     with pytest.raises(Abandoned):
         during(pipeline, [ev.encode_image_event(ev.ImageEvent("e", "cam", image=shape("star", 1)))],
                pipeline.outages.abandon)
+
+
+# --- the change gate -----------------------------------------------------------------------------------
+
+def still_frames(category: str, seed: int, n: int, noise_seed: int = 0) -> list[bytes]:
+    """One rendered scene held for n frames with sensor noise: PNG bytes."""
+    import numpy as np
+
+    from cased_core import tinyworld
+
+    base = np.asarray(tinyworld.render(np.random.default_rng(seed), category, size=64)[0], np.float32)
+    rng = np.random.default_rng(noise_seed)
+    return [png(Image.fromarray(np.clip(base + rng.normal(0, 3, base.shape), 0, 255).astype("uint8")))
+            for _ in range(n)]
+
+
+def gated_pipeline(tiny_model, tiny_database, lexicon, calls: list, policy=None) -> Pipeline:
+    from cased_core.gate import GatePolicy
+
+    model = dataclasses.replace(tiny_model)
+
+    def encode(pixels):
+        calls.append(len(pixels))
+        return tiny_model.encode_pixels(pixels)
+
+    model.encode_pixels = encode
+    return Pipeline(Classifier(model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
+                    tiny_database.name, gate_policy=policy or GatePolicy(max_frames=30, max_s=60))
+
+
+def test_the_gate_answers_unchanged_frames_from_the_stream_s_last_classified_one(tiny_model, tiny_database, lexicon):
+    calls: list[int] = []
+    pipeline = gated_pipeline(tiny_model, tiny_database, lexicon, calls)
+    frames = still_frames("star", 1, 12) + still_frames("heart", 2, 6, noise_seed=1)
+    camera = [ev.ImageEvent(f"c{i}", "cam", image=data, ts=100.0 + i) for i, data in enumerate(frames)]
+    uploads = [ev.ImageEvent(f"u{i}", "up", image=data, attrs={"history": "upload"}) for i, data in enumerate(frames[:4])]
+    opted = [ev.ImageEvent(f"o{i}", "opt", image=data, attrs={"gate": "off"}) for i, data in enumerate(frames[:4])]
+    store = MemoryStore()
+    first, again = run(pipeline, camera[:8] + uploads + opted, camera[8:], store=store)
+    labels = {l.event_id: l for l in (ev.decode_label_event(o.value) for o in first + again)}
+    assert len(labels) == 26 and all(o.topic == ev.LABELS_OUT for o in first + again)
+    reused = {i: labels[f"c{i}"].reused for i in range(18)}
+    assert reused[0] is None and all(reused[i] == "c0" for i in range(1, 12))  # across the two batches too
+    assert reused[12] is None and all(reused[i] == "c12" for i in range(13, 18))  # the cut: classified at once
+    assert [labels[f"c{i}"].raw_label for i in range(1, 12)] == [labels["c0"].raw_label] * 11
+    assert all(labels[f"{s}{i}"].reused is None for s in "uo" for i in range(4))  # never gated
+    assert sum(calls) == 2 + 4 + 4  # the camera's two scenes, and every upload and opted-out frame
+    # the history saw every frame: one change, at the cut
+    assert [labels[f"c{i}"].changed for i in range(18)] == [True] + [False] * 11 + [True] + [False] * 5
+
+
+def test_a_gated_stream_replays_identically_and_refreshes_every_max_frames(tiny_model, tiny_database, lexicon):
+    from cased_core.gate import GatePolicy
+
+    calls: list[int] = []
+    pipeline = gated_pipeline(tiny_model, tiny_database, lexicon, calls, GatePolicy(max_frames=4, max_s=60))
+    camera = [ev.ImageEvent(f"c{i}", "cam", image=data) for i, data in enumerate(still_frames("moon", 3, 10))]
+    store = MemoryStore()
+    first, replayed = run(pipeline, camera, camera, store=store)
+    assert [o.value for o in replayed] == [o.value for o in first]  # re-delivered: the very same records
+    reused = [ev.decode_label_event(o.value).reused for o in first]
+    assert reused == [None, "c0", "c0", "c0", None, "c4", "c4", "c4", None, "c8"] and sum(calls) == 3

@@ -212,3 +212,20 @@ def test_health_endpoints_report_readiness_liveness_and_counters(broker, workers
     assert serving["search"] == "faiss Flat" and serving["jpeg_decoder"] == "pil" and serving["device"] == "cpu"
     assert serving["threads"] == {"decode": len(os.sched_getaffinity(0)), "torch": 1}
     assert summary["model"].startswith("tiny@") and summary["seconds_since_progress"] is not None
+
+
+def test_bench_stream_compares_the_gate_on_fixed_cameras(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "bench", "stream", "--events", "240",
+                             "--repeats", "1", "--batch-size", "8", "--sizes", "320x240", "--scenario", "fixed",
+                             "--compare-gate", "--json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    figures = json.loads(result.stdout)
+    size = figures["sizes"]["320x240"]
+    assert figures["scenario"] == "fixed" and set(size) == {"ungated", "gated", "gated_over_ungated"}
+    assert size["ungated"]["gated_fraction"]["median"] == 0  # the gate off: every frame classified
+    assert size["gated"]["gated_fraction"]["median"] > 0.5  # still cameras: most frames answered from before
+    ratio = size["gated_over_ungated"]["images_per_s"]["median"]
+    # one repetition: the median ratio is that run's ratio (the rates themselves are rounded to 0.1)
+    assert abs(ratio - size["gated"]["images_per_s"]["median"] / size["ungated"]["images_per_s"]["median"]) < 0.02

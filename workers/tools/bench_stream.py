@@ -17,6 +17,13 @@ the last answer. In the window:
 
 Sizes are interleaved within each repetition (640x480, 1920x1080, 640x480, ...), so a slow hour on the
 shared machine hits every size alike.
+
+Scenarios: `busy`, every frame of a stream different (the worker's cost per frame); `fixed`, fixed
+cameras at FPS frames/s of event time, each scene held for hundreds of frames with sensor noise,
+lighting drift, a small moving object and rare cuts (benchkit.fixed_camera_frames). With
+`compare_gate`, each run is made twice in turn, the change gate off (CASED_GATE_FRAMES=1) and on, and
+the report adds, per repetition, the gated run's images/s and CPU per image over the ungated one's, and
+the fraction of frames the gate answered.
 """
 from __future__ import annotations
 
@@ -27,12 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.tools.benchkit import Answers, Publisher, camera_frames, proc_kb, say, spread
+from workers.tools.benchkit import Answers, Publisher, camera_frames, fixed_camera_frames, proc_kb, say, spread
 
 SIZES = ("640x480", "1920x1080")
 SOURCES = ("inline", "s3")
+SCENARIOS = ("busy", "fixed")
 PARTITIONS = 4
 STREAMS = 8
+FPS = 5.0  # a fixed camera's frames per second of event time
+GATE_OFF = {"CASED_GATE_FRAMES": "1"}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -91,9 +101,11 @@ class _GpuBusy:
         return round(float(np.mean(samples)), 1) if samples else None
 
 
-def _one_run(broker_url: str, tag: str, size: str, frames: list[bytes], events: int, model_name: str,
-             batch_size: int, device: str, source: str, worker_env: dict[str, str]) -> dict:
-    """Publish `events` frames to the run's own topics, start one worker, measure it; stop it."""
+def _one_run(broker_url: str, tag: str, size: str, frames: list[list[bytes]], events: int, model_name: str,
+             batch_size: int, device: str, source: str, worker_env: dict[str, str], timed: bool) -> dict:
+    """Publish `events` frames to the run's own topics, start one worker, measure it; stop it. `frames`:
+    one list per stream, taken in turn (a stream's frames in order); `timed`: events carry their
+    camera's time (FPS frames a second)."""
     from workers.tools.broker import free_port
     from workers.clients import ensure_topics, image_event
     from workers.tools.demo import local_s3, start_worker
@@ -106,14 +118,16 @@ def _one_run(broker_url: str, tag: str, size: str, frames: list[bytes], events: 
     env = {**topics, "CASED_APP_ID": tag, "CASED_PARTITIONS": str(PARTITIONS), "CASED_BATCH_SIZE": str(batch_size),
            "CASED_DEVICE": device, "CASED_WEB_PORT": str(free_port()), **worker_env}
     server = None
+    order = [(i % len(frames), (i // len(frames)) % len(frames[i % len(frames)])) for i in range(events)]
+    sources: list = [[frame for frame in stream] for stream in frames]
     if source == "s3":
-        server, s3_env, uris = local_s3(frames)
+        server, s3_env, uris = local_s3([frame for stream in frames for frame in stream])
         env.update(s3_env)
-        items = [image_event(f"cam-{i % STREAMS}", uris[i % len(uris)], event_id=f"{tag}-{i}")
-                 for i in range(events)]
-    else:
-        items = [image_event(f"cam-{i % STREAMS}", frames[i % len(frames)], event_id=f"{tag}-{i}")
-                 for i in range(events)]
+        flat = iter(uris)
+        sources = [[next(flat) for _ in stream] for stream in frames]
+    start = time.time()
+    items = [image_event(f"cam-{s}", sources[s][n], event_id=f"{tag}-{i}",
+                         ts=start + (i // len(frames)) / FPS if timed else None) for i, (s, n) in enumerate(order)]
     publisher = Publisher(broker_url, topics["CASED_IMAGES_TOPIC"])
     try:
         ids = publisher.publish(items)
@@ -136,8 +150,9 @@ def _one_run(broker_url: str, tag: str, size: str, frames: list[bytes], events: 
                 time.sleep(0.01)
 
         def snapshot() -> dict:
+            status = _status(port)
             return {"t": time.monotonic(), "answered": answers.answered(), "cpu_s": _process_cpu_s(worker.pid),
-                    "stages": _status(port).get("cpu_s_by_stage", {})}
+                    "stages": status.get("cpu_s_by_stage", {}), "reused": status["counters"].get("reused", 0)}
 
         wait_until(max(events // 10, 4 * batch_size), 300)
         sampler = _GpuBusy() if device.startswith("cuda") else None
@@ -163,13 +178,14 @@ def _one_run(broker_url: str, tag: str, size: str, frames: list[bytes], events: 
     return {"images": images, "images_per_s": images / (last["t"] - first["t"]), "cpu_ms_per_image": cpu_ms,
             "beyond_encoder_ms": cpu_ms - stage_ms.get("encode", 0.0), "stage_ms": stage_ms,
             "other_ms": cpu_ms - sum(stage_ms.values()), "peak_rss_mb": peak_rss_mb, "dead_letters": dead,
-            "gpu_busy_percent": gpu_busy}
+            "gpu_busy_percent": gpu_busy, "gated_fraction": (last["reused"] - first["reused"]) / images}
 
 
 def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3000, repeats: int = 3,
                  sizes: tuple[str, ...] = SIZES, source: str = "inline", device: str = "cpu", frame_count: int = 48,
                  worker_env: dict[str, str] | None = None, entries: int = 1_000_000,
-                 work_dir: Path = Path("bench-results/work")) -> dict:
+                 work_dir: Path = Path("bench-results/work"), scenario: str = "busy",
+                 compare_gate: bool = False) -> dict:
     """The ceiling and the worker's CPU per image, by stage, for each frame size; see the module's doc.
 
     Args:
@@ -181,10 +197,12 @@ def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3
         sizes: frame sizes, as WIDTHxHEIGHT.
         source: 'inline' (the frame in the event) or 's3' (a local S3 endpoint serves the frames).
         device: the worker's CASED_DEVICE.
-        frame_count: distinct frames per size (a camera's payloads differ).
+        frame_count: distinct frames per size in the busy scenario (a camera's payloads differ).
         worker_env: added to the worker's environment (e.g. CASED_DECODE_THREADS to compare).
         entries: captions in the synthetic database of a model other than 'tiny'.
         work_dir: where that database is kept between runs.
+        scenario: 'busy' (every frame different) or 'fixed' (fixed cameras; see the module's doc).
+        compare_gate: each run twice in turn, the change gate off and on (see the module's doc).
 
     Raises:
         RuntimeError: a worker exited, or events went unanswered (the figures would be wrong).
@@ -197,37 +215,68 @@ def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3
 
     if repeats < 1 or events < 10 * batch_size:
         raise ValueError("bench stream needs repeats >= 1 and events >= 10 x batch_size")
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}")
     for size in sizes:
         _size(size)  # a bad size fails before anything starts
-    say(f"rendering {frame_count} camera frames of each size ({', '.join(sizes)})")
-    frames = {size: camera_frames(frame_count, size=_size(size)) for size in sizes}
-    database = _database(model_name, device, entries, [f for size in sizes for f in frames[size]], work_dir)
+    frames: dict[str, list[list[bytes]]] = {}
+    for size in sizes:
+        if scenario == "fixed":
+            say(f"rendering {STREAMS} fixed cameras of {-(-events // STREAMS)} frames at {size}")
+            frames[size] = fixed_camera_frames(STREAMS, -(-events // STREAMS), size=_size(size))
+        else:
+            say(f"rendering {frame_count} camera frames at {size}")
+            pool = camera_frames(frame_count, size=_size(size))
+            frames[size] = [pool[s::STREAMS] for s in range(STREAMS)]  # stream s: frames s, s + 8, ...
+    database = _database(model_name, device, entries, [f for size in sizes for s in frames[size] for f in s[:32]],
+                         work_dir)
     env = {"CASED_DATABASE": database, **(worker_env or {})}
-    runs: dict[str, list[dict]] = {size: [] for size in sizes}
+    variants = {"ungated": GATE_OFF, "gated": {}} if compare_gate else {"": {}}
+    runs: dict[tuple[str, str], list[dict]] = {(size, v): [] for size in sizes for v in variants}
     with EmbeddedBroker() as broker:
         for repeat in range(repeats):
             for size in sizes:
-                say(f"run {repeat + 1}/{repeats}, {size}: {events} {source} events, then one worker")
-                run = _one_run(broker.url, f"bench-{repeat}-{size}", size, frames[size], events, model_name,
-                               batch_size, device, source, env)
-                say(f"  {run['images_per_s']:.1f} images/s, worker CPU {run['cpu_ms_per_image']:.2f} ms per image "
-                    f"({run['beyond_encoder_ms']:.2f} ms beyond the encoder), peak RSS {run['peak_rss_mb']:.0f} MB")
-                runs[size].append(run)
+                for variant, extra in variants.items():
+                    say(f"run {repeat + 1}/{repeats}, {size}{' ' + variant if variant else ''}: {events} {source} "
+                        f"events ({scenario} cameras), then one worker")
+                    run = _one_run(broker.url, f"bench-{repeat}-{size}-{variant or 'as-set'}", size, frames[size],
+                                   events, model_name, batch_size, device, source, {**env, **extra},
+                                   timed=scenario == "fixed")
+                    say(f"  {run['images_per_s']:.1f} images/s, worker CPU {run['cpu_ms_per_image']:.2f} ms per "
+                        f"image ({run['beyond_encoder_ms']:.2f} ms beyond the encoder), peak RSS "
+                        f"{run['peak_rss_mb']:.0f} MB, gated {100 * run['gated_fraction']:.0f}% of frames")
+                    runs[size, variant].append(run)
     out = {"model": model_name, "database": database, "device": device, "batch_size": batch_size, "source": source,
-           "events_per_run": events, "repeats": repeats, "partitions": PARTITIONS, "streams": STREAMS,
-           "worker_env": dict(worker_env or {}), "sizes": {}}
-    for size, done in runs.items():
-        stages = sorted({stage for run in done for stage in run["stage_ms"]})
-        out["sizes"][size] = {
-            "mean_frame_kb": round(float(np.mean([len(f) for f in frames[size]])) / 1024, 1),
-            "images_per_s": spread((r["images_per_s"] for r in done), 1),
-            "cpu_ms_per_image": spread((r["cpu_ms_per_image"] for r in done), 3),
-            "beyond_encoder_ms": spread((r["beyond_encoder_ms"] for r in done), 3),
-            "stage_ms_median": {stage: round(float(np.median([r["stage_ms"].get(stage, 0.0) for r in done])), 3)
-                                for stage in stages},
-            "other_ms": spread((r["other_ms"] for r in done), 3),
-            "peak_rss_mb": spread((r["peak_rss_mb"] for r in done), 0),
-            "gpu_busy_percent": spread((r["gpu_busy_percent"] for r in done if r["gpu_busy_percent"] is not None), 1),
-            "dead_letters": [r["dead_letters"] for r in done],
-        }
+           "scenario": scenario, "events_per_run": events, "repeats": repeats, "partitions": PARTITIONS,
+           "streams": STREAMS, "worker_env": dict(worker_env or {}), "sizes": {}}
+    for (size, variant), done in runs.items():
+        figures = _figures(done, frames[size])
+        if not compare_gate:
+            out["sizes"][size] = figures
+            continue
+        out["sizes"].setdefault(size, {})[variant] = figures
+        if variant == "gated":  # each repetition's gated run over the ungated run just before it
+            ungated = runs[size, "ungated"]
+            out["sizes"][size]["gated_over_ungated"] = {
+                "images_per_s": spread((g["images_per_s"] / u["images_per_s"] for g, u in zip(done, ungated)), 2),
+                "cpu_ms_per_image": spread((g["cpu_ms_per_image"] / u["cpu_ms_per_image"]
+                                            for g, u in zip(done, ungated)), 3)}
     return out
+
+
+def _figures(done: list[dict], frames: list[list[bytes]]) -> dict:
+    """One size's (and variant's) runs: each figure's min / median / max over the repetitions."""
+    stages = sorted({stage for run in done for stage in run["stage_ms"]})
+    return {
+        "mean_frame_kb": round(float(np.mean([len(f) for stream in frames for f in stream])) / 1024, 1),
+        "images_per_s": spread((r["images_per_s"] for r in done), 1),
+        "cpu_ms_per_image": spread((r["cpu_ms_per_image"] for r in done), 3),
+        "beyond_encoder_ms": spread((r["beyond_encoder_ms"] for r in done), 3),
+        "stage_ms_median": {stage: round(float(np.median([r["stage_ms"].get(stage, 0.0) for r in done])), 3)
+                            for stage in stages},
+        "other_ms": spread((r["other_ms"] for r in done), 3),
+        "peak_rss_mb": spread((r["peak_rss_mb"] for r in done), 0),
+        "gpu_busy_percent": spread((r["gpu_busy_percent"] for r in done if r["gpu_busy_percent"] is not None), 1),
+        "gated_fraction": spread((r["gated_fraction"] for r in done), 3),
+        "dead_letters": [r["dead_letters"] for r in done],
+    }

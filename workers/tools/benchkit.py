@@ -1,6 +1,7 @@
 """What the stream benchmarks share: camera frames, a publisher, a reader of every answer, /proc figures."""
 from __future__ import annotations
 
+import io
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,39 @@ def camera_frames(count: int, seed: int = 3, size: tuple[int, int] = (640, 480))
             image = ImageOps.mirror(image)
         frames.append(jpeg(image.resize(size, Image.BILINEAR), max_side=max(size)))
     return frames
+
+
+def fixed_camera_frames(streams: int, per_stream: int, seed: int = 5, size: tuple[int, int] = (640, 480),
+                        hold: int = 250) -> list[list[bytes]]:
+    """Fixed cameras: for each stream, JPEG frames of one scene held for `hold` frames, then a cut to
+    another, with what makes consecutive frames differ on a real one: sensor noise, a slow drift of the
+    light, and a small object moving across.
+
+    Returns:
+        `streams` lists of `per_stream` frames, in order.
+    """
+    from PIL import Image
+
+    from workers.tools.demo import jpeg
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    scenes = [np.asarray(Image.open(io.BytesIO(f)).convert("RGB"), np.float32)
+              for f in camera_frames(max(4, 2 * streams), seed=seed, size=size)]
+    side = max(4, width // 32)  # the moving object: a dark square a few percent of the frame wide
+    out = []
+    for stream in range(streams):
+        frames = []
+        for n in range(per_stream):
+            base = scenes[(stream + 7 * (n // hold)) % len(scenes)]
+            gain = 1.0 + 0.08 * np.sin(2 * np.pi * n / 600.0)  # light drifting over minutes
+            frame = base * gain + rng.normal(0, 3.0, base.shape).astype(np.float32)
+            x = (n * 4) % max(1, width - side)
+            y = height // 2 + int(height / 6 * np.sin(n / 20.0))
+            frame[y:y + side, x:x + side] *= 0.3
+            frames.append(jpeg(Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)), max_side=max(size)))
+        out.append(frames)
+    return out
 
 
 def proc_kb(pid: int, field: str) -> int | None:

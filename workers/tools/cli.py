@@ -32,7 +32,8 @@ WORKER_FLAGS = ("cache_dir", "k", "search", "search_memory_mb", "alpha", "top_n"
                 "fetch_wait_ms", "max_wait_s", "decode_threads", "jpeg_decoder", "torch_threads", "history_policy",
                 "history_similarity", "history_margin", "history_patience", "history_patience_s", "fetch_timeout_s",
                 "fetch_retries", "max_bytes", "max_pixels", "s3_buckets", "file_root", "allow_private_hosts",
-                "web_port", "web_host", "log_level", "log_format", "outage_budget_s")
+                "web_port", "web_host", "log_level", "log_format", "outage_budget_s",
+                "gate_frames", "gate_seconds")
 
 
 def _model_args(parser: argparse.ArgumentParser, settings: Settings, database: bool = True) -> None:
@@ -276,7 +277,8 @@ def cmd_bench_stream(args) -> None:
 
     figures = bench_stream(model_name=args.model, batch_size=args.batch_size, events=args.events,
                            repeats=args.repeats, sizes=tuple(args.sizes), source=args.source, device=args.device,
-                           worker_env=_worker_env(args.worker_env), entries=args.entries, work_dir=Path(args.work_dir))
+                           worker_env=_worker_env(args.worker_env), entries=args.entries, work_dir=Path(args.work_dir),
+                           scenario=args.scenario, compare_gate=args.compare_gate)
     _report(figures, args)
 
 
@@ -497,6 +499,11 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="runs per frame size (min / median / max)")
     p.add_argument("--sizes", nargs="+", default=["640x480", "1920x1080"], metavar="WxH", help="frame sizes")
     p.add_argument("--source", default="inline", choices=["inline", "s3"], help="frames inline or as s3:// uris")
+    p.add_argument("--scenario", default="busy", choices=["busy", "fixed"],
+                   help="busy: every frame of a camera different; fixed: fixed cameras holding scenes for hundreds "
+                   "of frames (noise, drifting light, a small moving object, rare cuts)")
+    p.add_argument("--compare-gate", action="store_true",
+                   help="each run twice in turn, the change gate off and on: the ratio of images/s and CPU per image")
     p.add_argument("--entries", type=int, default=1_000_000,
                    help="captions in the synthetic database of a model other than tiny (built once)")
     p.add_argument("--worker-env", action="append", metavar="NAME=VALUE",
