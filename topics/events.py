@@ -1,6 +1,12 @@
 """Wire contracts of images.in, labels.out and images.dlq: msgpack maps, keyed by stream_id (UTF-8).
 
 Field names are the product's API (documented in the README). No pickle anywhere.
+
+`attrs` is the producer's, passed through; one key is read: `attrs.history` (HISTORY_ATTR) picks the
+stream's history policy, one of cased_core.options.HISTORY_POLICIES: `steady` (a change of label must
+be confirmed; the default), `fast` (a change is followed at once) or `upload` (naming only). Any
+other value, such as `live` from producers of earlier versions, gets the worker's default policy
+(CASED_HISTORY_POLICY).
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ SCHEMA_VERSION = 1
 IMAGES_IN = "images.in"
 LABELS_OUT = "labels.out"
 DEAD_LETTER = "images.dlq"
+HISTORY_ATTR = "history"  # the attrs key naming a stream's history policy
 
 # Dead-letter reasons: short machine-readable codes.
 INVALID_EVENT = "invalid_event"

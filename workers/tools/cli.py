@@ -28,9 +28,9 @@ class Parser(argparse.ArgumentParser):
 # The worker's flags beyond the model's and the broker's: every setting it reads that has a flag.
 WORKER_FLAGS = ("cache_dir", "k", "search", "search_memory_mb", "alpha", "top_n", "app_id", "partitions", "batch_size",
                 "fetch_wait_ms", "max_wait_s", "decode_threads", "jpeg_decoder", "torch_threads", "history_policy",
-                "history_similarity", "history_margin", "history_patience", "history_patience_s", "fetch_timeout_s",
-                "fetch_retries", "max_bytes", "max_pixels", "s3_buckets", "file_root", "allow_private_hosts",
-                "web_port")
+                "history_similarity", "history_margin", "history_patience", "history_patience_s", "history_stillness",
+                "fetch_timeout_s", "fetch_retries", "max_bytes", "max_pixels", "s3_buckets", "file_root",
+                "allow_private_hosts", "web_port")
 
 
 def _model_args(parser: argparse.ArgumentParser, settings: Settings, database: bool = True) -> None:
