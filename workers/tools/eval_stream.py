@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-import sys
 import time
 from typing import Iterator, Sequence, TextIO
 
