@@ -401,7 +401,7 @@ def generate(scenario: str, streams: int, seed: int, scenes: int = 4, length: in
         >>> [len(s.frames) for s in generate("cut", 2, seed=1, scenes=3, length=5)]
         [15, 15]
         >>> [s.frames[0].concept for s in generate("quiet", 2, seed=1, scale=0.05)]
-        ['heart', 'diamond']
+        ['ring', 'diamond']
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}: choose from {', '.join(SCENARIOS)}")
