@@ -9,7 +9,7 @@ DEDUP_THRESHOLD = 0.94  # retrieved captions closer than this (cosine) count onc
 MODES = ("cased", "cased-reference", "closest-caption", "vocabulary")  # cased_core.classifier
 SEARCHES = ("auto", "exact", "faiss")  # cased_core.search: where the nearest captions are found
 JPEG_DECODERS = ("auto", "pil", "torchvision")  # where a batch's JPEGs are decoded (cased_core.preprocess)
-HISTORY_POLICIES = ("live", "upload")  # cased_core.history
+HISTORY_POLICIES = ("steady", "fast", "upload")  # cased_core.history
 # cased_core.evaluate: the paper's table, CaSED, its baselines, and the upper bound that knows the true class names
 METHODS = ("cased", "closest-caption", "clip-wordnet", "clip-english", "clip-true-names")
 

@@ -13,7 +13,9 @@ letter). The same measures apply to the raw labels (one image at a time) and to 
   concept's name or one of its synonyms);
 - lag after a change: frames (and seconds) from the change to the first frame labelled right for the
   new concept; a segment that never gets it counts its whole length (censored: the lag is at least
-  that);
+  that). Given the raw labels (the image alone) as a reference, only the changes into a segment that
+  they mostly name right count: the lag is then what the history adds, and a scene the model itself
+  does not recognise (no history can name it) is counted apart, as unrecognised;
 - names per concept: distinct right labels given to frames of one concept, averaged over concepts.
 """
 from __future__ import annotations
@@ -53,9 +55,17 @@ def switches(labels: Sequence[str | None]) -> int:
     return count
 
 
-def changes(frames: Sequence[Frame], is_right: IsRight) -> list[Change]:
+def changes(frames: Sequence[Frame], is_right: IsRight,
+            reference: Sequence[str | None] | None = None) -> list[Change]:
     """Every true change (frames without a concept skipped; the first concept is no change), with how
-    long the labels took to follow it."""
+    long the labels took to follow it; with `reference` (the raw label of each frame), only the changes
+    into a segment whose labelled frames it mostly names right.
+
+    Examples:
+        >>> same = lambda label, concept: label == concept
+        >>> [c.lag_frames for c in changes([Frame(0, "a", "a"), Frame(1, "b", "a"), Frame(2, "b", "b")], same)]
+        [1]
+    """
     starts, last = [], None
     for i, frame in enumerate(frames):
         if frame.concept is None:
@@ -68,6 +78,11 @@ def changes(frames: Sequence[Frame], is_right: IsRight) -> list[Change]:
         concept = frames[start].concept
         end = next((i for i in range(start + 1, len(frames))
                     if frames[i].concept is not None and frames[i].concept != concept), len(frames))
+        if reference is not None:
+            named = [is_right(reference[i], concept) for i in range(start, end)
+                     if frames[i].concept == concept and reference[i] is not None]
+            if 2 * sum(named) <= len(named):
+                continue
         right = next((i for i in range(start, end) if frames[i].concept == concept and frames[i].label is not None
                       and is_right(frames[i].label, concept)), None)
         if right is not None:
@@ -77,15 +92,16 @@ def changes(frames: Sequence[Frame], is_right: IsRight) -> list[Change]:
     return out
 
 
-def stream_figures(frames: Sequence[Frame], is_right: IsRight) -> dict:
-    """The measures above for one stream (raw counts, so that streams can be pooled by `pooled`)."""
+def stream_figures(frames: Sequence[Frame], is_right: IsRight, reference: Sequence[str | None] | None = None) -> dict:
+    """The measures above for one stream (raw counts, so that streams can be pooled by `pooled`); lags
+    after the changes `reference` recognises (see `changes`), every change without it."""
     seen = [f for f in frames if f.concept is not None]
     labelled = [f for f in frames if f.label is not None]
     names: dict[str, set[str]] = {}
     for f in seen:
         if f.label is not None and is_right(f.label, f.concept):
             names.setdefault(f.concept, set()).add(f.label)
-    found = changes(frames, is_right)
+    found = changes(frames, is_right, reference)
     return {
         "frames": len(frames), "labelled": len(labelled), "scored": len(seen),
         "right": sum(f.label is not None and is_right(f.label, f.concept) for f in seen),
@@ -93,6 +109,7 @@ def stream_figures(frames: Sequence[Frame], is_right: IsRight) -> dict:
         "true_changes": switches([f.concept for f in frames]),
         "lags_frames": [c.lag_frames for c in found], "lags_s": [c.lag_s for c in found],
         "followed": sum(c.followed for c in found),
+        "unrecognised": switches([f.concept for f in frames]) - len(found),
         "names_per_concept": [len(v) for v in names.values()],
     }
 
@@ -100,7 +117,7 @@ def stream_figures(frames: Sequence[Frame], is_right: IsRight) -> dict:
 def pooled(figures: Sequence[dict]) -> dict:
     """Streams' `stream_figures` pooled into the reported measures."""
     total = {key: sum(f[key] for f in figures) for key in
-             ("frames", "labelled", "scored", "right", "switches", "true_changes", "followed")}
+             ("frames", "labelled", "scored", "right", "switches", "true_changes", "followed", "unrecognised")}
     lags = [lag for f in figures for lag in f["lags_frames"]]
     lag_s = [lag for f in figures for lag in f["lags_s"]]
     names = [n for f in figures for n in f["names_per_concept"]]
@@ -118,5 +135,6 @@ def pooled(figures: Sequence[dict]) -> dict:
         "lag_frames": {"median": percentile(lags, 50), "p90": percentile(lags, 90)},
         "lag_s": {"median": percentile(lag_s, 50), "p90": percentile(lag_s, 90)},
         "changes_followed": f"{total['followed']}/{len(lags)}",
+        "changes_unrecognised": total["unrecognised"],
         "names_per_concept": round(float(np.mean(names)), 3) if names else None,
     }

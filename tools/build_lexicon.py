@@ -18,6 +18,14 @@ senses alone:
 * meaning: lexicographer files. Each noun sense weighs its tag count + 1; drop a term
   whose abstract senses (ABSTRACT_FILES) outweigh its nameable ones 2:1 ("colour",
   "size", "image", "day", "kind").
+
+Spellings of one word are judged together: SemCor tags mostly one of them ("gray" 47
+times as an adjective, "grey" once), so each alone would say different things about the
+same word. Two terms are spellings of one word when they differ by one letter (added,
+removed, changed, or two swapped: grey/gray, colour/color, centre/center, -ise/-ize) and
+share at least two synsets and at least half of each one's synsets; their tag counts are
+summed over the spellings before the rules above apply, so "grey" goes where "gray" and
+"blue" go.
 """
 from __future__ import annotations
 
@@ -67,7 +75,7 @@ PROBES_KEEP = ("circle", "square", "triangle", "star", "heart", "cross", "ring",
                "motorcycle", "flower", "airplane", "car", "pizza", "forest", "highway", "river", "basketball",
                "guitar")
 PROBES_DROP = ("red", "blue", "green", "black", "white", "small", "big", "large", "little", "three", "two",
-               "one", "image", "many", "new", "good")
+               "one", "image", "many", "new", "good", "grey", "gray")
 
 
 def canonical(lemma: str) -> str:
@@ -107,18 +115,53 @@ def read_index(wordnet_dir: Path) -> Iterator[tuple[str, list[str]]]:
         yield fields[0], fields[-synset_cnt:]
 
 
-def read_tag_counts(wordnet_dir: Path) -> tuple[dict[str, Counter], Counter]:
-    """From index.sense: term -> tag counts per POS bucket, and (term, noun offset) -> tag count."""
+def read_tag_counts(wordnet_dir: Path) -> tuple[dict[str, Counter], Counter, dict[str, set[tuple[str, str]]]]:
+    """From index.sense: term -> tag counts per POS bucket, (term, noun offset) -> tag count, and term ->
+    its synsets in every part of speech, as (ss_type, offset)."""
     pos_counts: dict[str, Counter] = defaultdict(Counter)
     sense_counts: Counter = Counter()
+    synsets: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for line in data_lines(wordnet_dir / "index.sense"):
         sense_key, offset, _sense_number, tag_cnt = line.split()
         lemma, lex_sense = sense_key.split("%", 1)
         term, bucket = canonical(lemma), _SS_TYPE[lex_sense[0]]
         pos_counts[term][bucket] += int(tag_cnt)
+        synsets[term].add((lex_sense[0], offset))
         if bucket == "noun":
             sense_counts[term, offset] += int(tag_cnt)
-    return pos_counts, sense_counts
+    return pos_counts, sense_counts, synsets
+
+
+def one_edit_apart(a: str, b: str) -> bool:
+    """Whether one letter added, removed or changed, or two neighbours swapped, turns `a` into `b`."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long = sorted((a, b), key=len)
+    i = next((i for i, (x, y) in enumerate(zip(short, long)) if x != y), len(short))
+    return short[i:] == long[i + 1:]
+
+
+def spellings(synsets: dict[str, set[tuple[str, str]]]) -> dict[str, set[str]]:
+    """Term -> the spellings of its word (itself included), for terms that have others: terms one edit
+    apart, of 4 letters or more, sharing at least two synsets and half of each one's."""
+    members: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for term, keys in synsets.items():
+        for key in keys:
+            members[key].append(term)
+    group = {}
+    for terms in members.values():
+        for i, a in enumerate(terms):
+            for b in terms[i + 1:]:
+                shared = len(synsets[a] & synsets[b])
+                if (min(len(a), len(b)) >= 4 and one_edit_apart(a, b) and shared >= 2
+                        and 2 * shared >= max(len(synsets[a]), len(synsets[b]))):
+                    joined = group.get(a, {a}) | group.get(b, {b})
+                    group.update((t, joined) for t in joined)
+    return group
 
 
 def merged_offsets(variants: list[tuple[str, list[str]]], sense_counts: Counter, term: str) -> list[str]:
@@ -147,7 +190,15 @@ def drop_reason(term: str, offsets: list[str], pos: Counter, sense_counts: Count
 def build(wordnet_dir: Path) -> tuple[dict[str, list[str]], dict[str, str], int]:
     """Kept term -> offsets, dropped term -> reason, and the number of index.noun lemmas read."""
     lexfiles = read_lexfiles(wordnet_dir)
-    pos_counts, sense_counts = read_tag_counts(wordnet_dir)
+    pos_counts, sense_counts, synsets = read_tag_counts(wordnet_dir)
+    # One word's evidence, whichever spelling was tagged (summed from the counts as read, then stored).
+    groups = spellings(synsets)
+    pooled_pos = {term: sum((pos_counts[w] for w in words), Counter()) for term, words in groups.items()}
+    pooled_senses = {(term, offset): sum(sense_counts[w, offset] for w in words) for term, words in groups.items()
+                     for ss_type, offset in synsets[term] if ss_type == "1"}
+    pos_counts.update(pooled_pos)
+    for key, count in pooled_senses.items():
+        sense_counts[key] = count
     variants: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
     n_lemmas = 0
     for lemma, offsets in read_index(wordnet_dir):
@@ -174,7 +225,8 @@ def header(license_path: Path) -> list[str]:
         f"# normalised to lowercase letters and spaces, 1-{MAX_WORDS} words, merged over '-'/'_' spellings; dropped",
         f"# when modifier tags > {MODIFIER_FACTOR}x, verb tags > {VERB_FACTOR}x (noun tags + 1), or abstract-file "
         f"senses > {ABSTRACT_FACTOR}x concrete ones",
-        f"# (each sense weighted tag count + 1; abstract files: {sorted(ABSTRACT_FILES)}).",
+        f"# (each sense weighted tag count + 1; abstract files: {sorted(ABSTRACT_FILES)}); tag counts summed over the",
+        "# spellings of one word (one letter apart, sharing at least half of each one's synsets).",
         "#",
         *(f"# {line}".rstrip() for line in license_lines),
     ]

@@ -1,6 +1,13 @@
 """Wire contracts of images.in, labels.out and images.dlq: msgpack maps, keyed by stream_id (UTF-8).
 
 Field names are the product's API (documented in docs/streaming.md). No pickle anywhere.
+
+`attrs` is the producer's, passed through; two keys are read: `attrs.history` (HISTORY_ATTR) picks the
+stream's history policy, one of cased_core.options.HISTORY_POLICIES: `steady` (a change of label must
+be confirmed; the default), `fast` (a change is followed at once) or `upload` (naming only). Any
+other value, such as `live` from producers of earlier versions, gets the worker's default policy
+(CASED_HISTORY_POLICY). `attrs.gate` (GATE_ATTR) = `off` (GATE_OFF) keeps the change gate off for
+the stream (cased_core.gate).
 """
 from __future__ import annotations
 
@@ -10,13 +17,12 @@ from typing import Any
 import msgpack
 
 SCHEMA_VERSION = 1
-# Keys of an image event's `attrs` the worker reads (every other key passes through untouched).
-ATTR_HISTORY = "history"  # the stream's history policy: cased_core.options.HISTORY_POLICIES
-ATTR_GATE = "gate"  # GATE_OFF: never answer a frame of this stream from an earlier one (cased_core.gate)
-GATE_OFF = "off"
 IMAGES_IN = "images.in"
 LABELS_OUT = "labels.out"
 DEAD_LETTER = "images.dlq"
+HISTORY_ATTR = "history"  # the attrs key naming a stream's history policy
+GATE_ATTR = "gate"  # GATE_OFF there: never answer a frame of this stream from an earlier one
+GATE_OFF = "off"
 
 # Dead-letter reasons: short machine-readable codes.
 INVALID_EVENT = "invalid_event"

@@ -89,7 +89,7 @@ def build_pipeline(settings: Settings, costs: StageCosts | None = None) -> Pipel
                                                                     top_n=settings.top_n))
     policy = HistoryPolicy(mode=settings.history_policy, similarity=settings.history_similarity,
                            margin=settings.history_margin, patience=settings.history_patience,
-                           patience_s=settings.history_patience_s)
+                           patience_s=settings.history_patience_s, stillness=settings.history_stillness)
     pipeline = Pipeline(classifier, Fetcher(fetch_limits(settings)), policy, load_lexicon(), database.name,
                         image_limits=ImageLimits(max_pixels=settings.max_pixels),
                         decode_threads=settings.decode_threads or None, torch_threads=settings.torch_threads or None,

@@ -357,8 +357,8 @@ class Pipeline:
         """Whether the change gate may answer this event from an earlier frame of its stream: a gate is
         set, the stream is a live one, and it did not opt out (attrs gate: off)."""
         return self.gate_policy is not None and self.gate_policy.max_frames > 1 and \
-            event.attrs.get(ev.ATTR_HISTORY, self.policy.mode) != history.UPLOAD and \
-            event.attrs.get(ev.ATTR_GATE) != ev.GATE_OFF
+            event.attrs.get(ev.HISTORY_ATTR, self.policy.mode) != history.UPLOAD and \
+            event.attrs.get(ev.GATE_ATTR) != ev.GATE_OFF
 
     def _decode_chunk(self, chunk: list[tuple[int, bytes, bool]], trace: BatchTrace | NullTrace) -> list[tuple]:
         """In a decode thread: each image decoded to uint8 pixels (3, H, W), or only its header checked
@@ -529,7 +529,7 @@ class Pipeline:
 
     def _label(self, event: ev.ImageEvent, prediction: Prediction, batch: BatchHistories,
                reused: str | None = None) -> Output:
-        mode = event.attrs.get(ev.ATTR_HISTORY, self.policy.mode)
+        mode = event.attrs.get(ev.HISTORY_ATTR, self.policy.mode)
         policy = self.policy if mode == self.policy.mode or mode not in history.POLICIES \
             else history.HistoryPolicy(**{**asdict(self.policy), "mode": mode})
         before = batch.state(event.stream_id)

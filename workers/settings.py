@@ -69,16 +69,20 @@ class Settings:
     jpeg_decoder: str = setting("auto", "auto (torchvision on a GPU, else pil), pil, or torchvision",
                                 choices=JPEG_DECODERS)
     torch_threads: int = setting(0, "torch's intra-op threads; 0: chosen at warm-up", minimum=0)
-    history_policy: str = setting(HistoryPolicy.mode, "default per-stream policy: live (scenes) or upload (naming only)",
-                                  choices=HISTORY_POLICIES)
+    history_policy: str = setting(HistoryPolicy.mode, "default policy of streams whose events do not name one: "
+                                  "steady (a change must be confirmed), fast (no lag, some flicker) or upload "
+                                  "(naming only)", choices=HISTORY_POLICIES)
     history_similarity: float = setting(HistoryPolicy.similarity, "cosine to the scene's anchor embedding from which a frame is "
                                         "the scene's", minimum=-1, maximum=1)
     history_margin: float = setting(HistoryPolicy.margin, "lead in the scene's votes a challenger needs to take the label",
                                     minimum=0, maximum=1)
-    history_patience: int = setting(HistoryPolicy.patience, "frames that must agree with a far frame before a wary stream changes "
-                                    "scene", minimum=1)
+    history_patience: int = setting(HistoryPolicy.patience, "frames that must agree with a far frame before the label "
+                                    "changes (steady, or fast once wary)", minimum=1)
     history_patience_s: float = setting(HistoryPolicy.patience_s, "a far frame this many seconds after the previous one changes "
                                         "scene at once", minimum=0)
+    history_stillness: float = setting(HistoryPolicy.stillness, "steady: cosine to the first far frame within which the "
+                                       "frames confirming a change must be (a new scene holds still)",
+                                       minimum=-1, maximum=1)
     gate_frames: int = setting(GatePolicy.max_frames, "a live stream's frame that did not change since its last "
                                "classified frame reuses that result; classify at least every this many frames "
                                "(1: every frame, the gate off)", minimum=1)

@@ -59,3 +59,15 @@ def test_pooled_over_streams():
     assert result["accuracy"] == 0.75  # 9 of 12
     assert result["lag_frames"] == {"median": 2.0, "p90": 2.0} and result["lag_s"]["median"] == 1.0
     assert result["changes_followed"] == "1/1" and result["names_per_concept"] == 1.0
+
+
+def test_lags_count_after_the_changes_the_raw_labels_recognise():
+    """With the raw labels as a reference, a change into a scene the image alone mostly names wrong has
+    no lag (no history can name it) and is counted apart; the others keep theirs."""
+    stream = frames("mmmmsssshhhh", "mmmmmsssmmmm")  # consistent labels: star one frame late, heart never
+    raw = [f.label for f in frames("mmmmsssshhhh", "mmmmssssmhmm")]  # the image alone: star, but not heart
+    figures = stream_figures(stream, is_right, raw)
+    assert figures["lags_frames"] == [1] and figures["unrecognised"] == 1 and figures["followed"] == 1
+    plain = stream_figures(stream, is_right)
+    assert plain["lags_frames"] == [1, 4] and plain["unrecognised"] == 0
+    assert pooled([figures])["changes_unrecognised"] == 1 and pooled([figures])["changes_followed"] == "1/1"

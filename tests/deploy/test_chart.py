@@ -125,11 +125,12 @@ def test_defaults_render_a_hardened_worker():
     assert data["CASED_CACHE_DIR"] == "/cache"
     assert data["CASED_WEB_PORT"] == "6066"
     assert data["CASED_DEVICE"] == "auto"
-    assert data["CASED_HISTORY_POLICY"] == "live"
+    assert data["CASED_HISTORY_POLICY"] == "steady"
     settings = Settings.from_env(data)  # the chart's history defaults are the worker's
     assert (settings.history_similarity, settings.history_margin, settings.history_patience,
-            settings.history_patience_s) == (Settings.history_similarity, Settings.history_margin,
-                                              Settings.history_patience, Settings.history_patience_s)
+            settings.history_patience_s, settings.history_stillness) == (
+        Settings.history_similarity, Settings.history_margin, Settings.history_patience, Settings.history_patience_s,
+        Settings.history_stillness)
     assert all(isinstance(v, str) for v in data.values())  # ConfigMap data must be strings
 
     service = one(docs, "Service")
@@ -341,6 +342,7 @@ SETTING_OF_VALUE = {
     ("history", "margin"): "history_margin",
     ("history", "patience"): "history_patience",
     ("history", "patienceSeconds"): "history_patience_s",
+    ("history", "stillness"): "history_stillness",
     ("webPort",): "web_port",
     ("gate", "maxFrames"): "gate_frames",
     ("gate", "maxSeconds"): "gate_seconds",

@@ -470,8 +470,8 @@ def test_the_gate_answers_unchanged_frames_from_the_stream_s_last_classified_one
     assert [labels[f"c{i}"].raw_label for i in range(1, 12)] == [labels["c0"].raw_label] * 11
     assert all(labels[f"{s}{i}"].reused is None for s in "uo" for i in range(4))  # never gated
     assert sum(calls) == 2 + 4 + 4  # the camera's two scenes, and every upload and opted-out frame
-    # the history saw every frame: one change, at the cut
-    assert [labels[f"c{i}"].changed for i in range(18)] == [True] + [False] * 11 + [True] + [False] * 5
+    # the history saw every frame: one change, confirmed (steady) by the gated frame after the cut
+    assert [labels[f"c{i}"].changed for i in range(18)] == [True] + [False] * 12 + [True] + [False] * 4
 
 
 def test_a_gated_stream_replays_identically_and_refreshes_every_max_frames(tiny_model, tiny_database, lexicon):

@@ -1,6 +1,7 @@
 """The worker against a real broker (Tansu) and a real S3 endpoint (moto), as separate processes."""
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -73,19 +74,28 @@ def test_every_event_ends_as_exactly_one_record(broker, s3_endpoint, workers, tm
     assert label.stream_id == "cam" and label.candidates and label.history[-1] == label.label
 
 
-def test_per_stream_order_and_a_flickering_camera(broker, workers):
-    """A camera holds a star (every third frame blended with a heart, so its own top name flickers),
-    cuts to a moon, and returns to the same star: the live stream's label is right on every frame,
-    changes exactly at the cut and the return (`changed`), and the star keeps its name and concept
-    id after the return. An upload stream interleaved with it keeps its own order."""
+def test_per_stream_order_a_flickering_fast_camera_and_a_steady_cold_start(broker, workers):
+    """Three streams through one worker, each in its own order.
+
+    A `fast` camera holds a star (every third frame blended with a heart, so its own top name
+    flickers), cuts to a moon, and returns to the same star: its label is right on every frame, changes
+    exactly at the cut and the return (`changed`), and the star keeps its name and concept id.
+
+    A `steady` camera starts cold on a star with a near-tie every other frame, then cuts to a moon: its
+    raw label flickers from the second frame on, and fast would follow the first far frames of a stream
+    that has not learned yet; steady's label holds the star, then changes once, within two frames of the
+    cut. An upload stream interleaved with both keeps its own order and every image's own label."""
     ensure_topics(broker.url, TOPICS, PARTITIONS)
     worker = workers(broker.url)
     stream = scripted("camera", [("star", 12), ("moon", 8), ("star", 8)], seed=9, near_tie_every=3)
-    camera = [image_event("camera", png(frame.image), {"history": "live", "seq": i}, event_id=f"cam-{i:02d}",
+    camera = [image_event("camera", png(frame.image), {ev.HISTORY_ATTR: "fast", "seq": i}, event_id=f"cam-{i:02d}",
                           ts=1.7e9 + frame.t) for i, frame in enumerate(stream.frames)]
-    uploads = [image_event("uploads", shape(c, 300 + i), {"history": "upload", "seq": i}, event_id=f"up-{i:02d}")
+    cold = scripted("doorway", [("star", 10), ("moon", 10)], seed=4, near_tie_every=2)
+    doorway = [image_event("doorway", png(frame.image), {ev.HISTORY_ATTR: "steady", "seq": i}, event_id=f"door-{i:02d}",
+                           ts=1.7e9 + frame.t) for i, frame in enumerate(cold.frames)]
+    uploads = [image_event("uploads", shape(c, 300 + i), {ev.HISTORY_ATTR: "upload", "seq": i}, event_id=f"up-{i:02d}")
                for i, c in enumerate(["circle", "square", "arrow", "cross"])]
-    interleaved = [e for pair in zip(camera, uploads + [None] * len(camera)) for e in pair if e is not None]
+    interleaved = [e for group in itertools.zip_longest(camera, doorway, uploads) for e in group if e is not None]
     send(broker.url, interleaved)
     records = collect(broker.url, len(interleaved))
     assert len(records) == len(interleaved)
@@ -93,7 +103,7 @@ def test_per_stream_order_and_a_flickering_camera(broker, workers):
     for topic, value in records:
         label = ev.decode_label_event(value)
         by_stream[label.stream_id].append(label)
-    for name in ("camera", "uploads"):
+    for name in ("camera", "doorway", "uploads"):
         assert [l.attrs["seq"] for l in by_stream[name]] == sorted(l.attrs["seq"] for l in by_stream[name])
     cam = by_stream["camera"]
     truth = [frame.concept for frame in stream.frames]
@@ -104,6 +114,12 @@ def test_per_stream_order_and_a_flickering_camera(broker, workers):
     assert [i for i, l in enumerate(cam) if l.changed] == [0, 12, 20]
     assert cam[20].label == cam[0].label and cam[20].concept == cam[0].concept  # the same name back
     assert cam[-1].history[-3:] == [cam[0].label] * 3
+    door = by_stream["doorway"]
+    assert any(l.raw_label not in names_of("star") for l in door[1:4]), [l.raw_label for l in door]  # cold, flickering
+    assert [l.label for l in door[:10]] == [door[0].label] * 10 and door[0].label in names_of("star")
+    [change] = [i for i, l in enumerate(door) if l.changed and i > 0]
+    assert 10 <= change <= 12 and all(l.label in names_of("moon") for l in door[change:]), [l.label for l in door]
+    assert switches([l.label for l in door]) == 1 < switches([l.raw_label for l in door])
     assert [l.label for l in by_stream["uploads"]] == [l.raw_label for l in by_stream["uploads"]]
     assert worker.process.poll() is None
 

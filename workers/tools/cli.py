@@ -30,9 +30,9 @@ class Parser(argparse.ArgumentParser):
 # The worker's flags beyond the model's and the broker's: every setting it reads that has a flag.
 WORKER_FLAGS = ("cache_dir", "k", "search", "search_memory_mb", "alpha", "top_n", "app_id", "partitions", "batch_size",
                 "fetch_wait_ms", "max_wait_s", "decode_threads", "jpeg_decoder", "torch_threads", "history_policy",
-                "history_similarity", "history_margin", "history_patience", "history_patience_s", "fetch_timeout_s",
-                "fetch_retries", "max_bytes", "max_pixels", "s3_buckets", "file_root", "allow_private_hosts",
-                "web_port", "web_host", "log_level", "log_format", "outage_budget_s",
+                "history_similarity", "history_margin", "history_patience", "history_patience_s", "history_stillness",
+                "fetch_timeout_s", "fetch_retries", "max_bytes", "max_pixels", "s3_buckets", "file_root",
+                "allow_private_hosts", "web_port", "web_host", "log_level", "log_format", "outage_budget_s",
                 "gate_frames", "gate_seconds")
 
 
@@ -223,22 +223,11 @@ def cmd_eval(args) -> None:
 def cmd_eval_stream(args) -> None:
     """`cased eval stream`: the raw and the consistent labels on simulated streams with known truth."""
     from workers.app import build_pipeline
-    from workers.tools.eval_stream import eval_stream
+    from workers.tools.eval_stream import eval_stream, table
 
-    figures = eval_stream(build_pipeline(args.settings), streams_per_scenario=args.streams,
-                          seed=args.seed, scenarios=args.scenarios)
-    if args.json:
-        print(json.dumps(figures))
-        return
-    print(f"{'scenario':<13}{'labels':<12}{'accuracy':>9}{'switches/100':>14}{'excess':>8}{'lag median/p90':>16}"
-          f"{'names/concept':>15}")
-    rows = [(name, kinds) for name, kinds in figures["scenarios"].items()] + [("overall", figures["overall"])]
-    for name, kinds in rows:
-        for kind, f in kinds.items():
-            lag = f["lag_frames"]
-            excess = "-" if f["excess_switches"] is None else f"{100 * f['excess_switches']:.0f}%"
-            print(f"{name:<13}{kind:<12}{100 * f['accuracy']:>8.1f}%{f['switches_per_100']:>14.1f}{excess:>8}"
-                  f"{str(lag['median']) + ' / ' + str(lag['p90']):>16}{f['names_per_concept'] or '-':>15}")
+    figures = eval_stream(build_pipeline(args.settings), streams_per_scenario=args.streams, seed=args.seed,
+                          scenarios=args.scenarios, policies=args.policies, progress=sys.stderr)
+    print(json.dumps(figures) if args.json else table(figures))
 
 
 def cmd_bench_core(args) -> None:
@@ -476,10 +465,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     add_flags(p, settings, "k", "alpha")
     p.add_argument("--json", action="store_true", help="one JSON object per method (stream: one object)")
     from cased_core.streams import SCENARIOS
-    from workers.tools.eval_stream import HELD_OUT_SEED
+    from workers.tools.eval_stream import HELD_OUT_SEED, LIVE_POLICIES
     p.add_argument("--streams", type=int, default=6, help="stream: streams per scenario")
     p.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="stream: the streams' seed (held out by default)")
-    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS, help="stream: scenarios")
+    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS,
+                   help="stream: scenarios (realistic: quiet ... outages; stress: cut ... upload)")
+    p.add_argument("--policies", nargs="+", default=list(LIVE_POLICIES), choices=LIVE_POLICIES,
+                   help="stream: live history policies compared")
     p.set_defaults(func=cmd_eval)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)

@@ -2,15 +2,19 @@
 
 Starts the embedded broker, a local S3 endpoint (moto, real HTTP), one worker with the tiny model and
 database, and the live view (`cased view`, its URL printed first), publishes a simulated camera
-(tiny-world frames with scene changes and near-ties, stored in S3 and published as s3:// references)
-and an upload stream of real photos shipped in packages (inline frames), prints labels as they arrive
-(raw vs consistent) and shuts everything down (at a terminal, once Enter is pressed, so that the view
-can be looked at). The worker's output and the servers' and clients' logs go to files in a work
-folder, named at the start, so that the terminal shows only the demo.
+(a fixed camera holding a star, then a moon, then a heart, two frames a second, a near-tie frame
+every third frame; tiny-world frames stored in S3 and published as s3:// references, with the
+`steady` history policy) and an upload stream of real photos shipped in packages (inline frames),
+prints labels as they arrive (raw vs consistent), then the camera's consistent label changes as the
+terminal saw them and as the live view shows them, and shuts everything down (at a terminal, once
+Enter is pressed, so that the view can be looked at). The worker's output and the servers' and
+clients' logs go to files in a work folder, named at the start, so that the terminal shows only the
+demo.
 """
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import subprocess
@@ -20,12 +24,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
+from urllib.request import urlopen
 
-import numpy as np
 from PIL import Image
 
-from cased_core import tinyworld
+from cased_core.history import STEADY, UPLOAD
+from cased_core.streams import Stream, scripted
 from topics import events as ev
 from workers.tools.broker import EmbeddedBroker, free_port
 from workers.tools.processes import stop_process
@@ -34,20 +39,31 @@ from workers.clients import ensure_topics, image_event, producer, publish, read_
 from workers.settings import Settings
 
 CAMERA_SCENES = ("star", "moon", "heart")
+CAMERA = "camera-1"
 
 
-def camera_frames(frames_per_scene: int, seed: int = 11) -> Iterator[Image.Image]:
-    """Each scene's shape re-rendered frame after frame; every third frame is a near-tie, blended
-    with another shape, the kind of frame on which a per-image label flips."""
-    rng = np.random.default_rng(seed)
-    for scene in CAMERA_SCENES:
-        for i in range(frames_per_scene):
-            frame, _ = tinyworld.render(rng, scene, size=96)
-            if i % 3 == 2:
-                other = tinyworld.CATEGORIES[int(rng.integers(len(tinyworld.CATEGORIES)))]
-                distractor, _ = tinyworld.render(rng, other, size=96)
-                frame = Image.blend(frame, distractor, float(rng.uniform(0.35, 0.5)))
-            yield frame
+def camera(frames_per_scene: int, seed: int = 11) -> Stream:
+    """A fixed camera holding each scene in turn (two frames a second, each the scene's rendering with
+    sensor noise and a pixel of shake); every third frame is a near-tie, blended with a ring, the kind
+    of frame on which a per-image label flips."""
+    return scripted(CAMERA, [(scene, frames_per_scene) for scene in CAMERA_SCENES], seed=seed, near_tie_every=3,
+                    distractor="ring")
+
+
+def label_changes(labels: list[str]) -> list[str]:
+    """The labels a stream showed, each once per run: ["star", "star", "moon"] -> ["star", "moon"]."""
+    return [label for i, label in enumerate(labels) if i == 0 or label != labels[i - 1]]
+
+
+def view_card(url: str, stream_id: str, labels: int, timeout_s: float = 30.0) -> dict | None:
+    """The live view's card of a stream once it holds `labels` labels (None if it does not in time)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urlopen(url + "snapshot", timeout=timeout_s) as response:
+            card = next((c for c in json.load(response)["streams"] if c["stream_id"] == stream_id), None)
+        if (card is not None and card["labels"] >= labels) or time.monotonic() > deadline:
+            return card
+        time.sleep(0.2)
 
 
 def package_photos() -> list[tuple[str, Image.Image]]:
@@ -156,7 +172,8 @@ def run_demo(frames: int = 12, timeout_s: float = 120.0, keep_view: bool | None 
     with logs_to(work / "demo.log", settings), EmbeddedBroker(log_path=work / "broker.log") as broker, \
             open(work / "worker.log", "w") as worker_log:
         print(f"embedded broker on {broker.address}")
-        s3, s3_env, uris = local_s3([jpeg(f) for f in camera_frames(frames)])
+        frames_of = camera(frames).frames
+        s3, s3_env, uris = local_s3([jpeg(f.image) for f in frames_of])
         print(f"local S3 endpoint on {s3_env['AWS_ENDPOINT_URL']} holding {len(uris)} camera frames")
         ensure_topics(broker.url, [settings.images_topic, settings.labels_topic, settings.dead_letter_topic],
                       settings.partitions)
@@ -167,16 +184,18 @@ def run_demo(frames: int = 12, timeout_s: float = 120.0, keep_view: bool | None 
             print(f"live view: {view.server.url}", flush=True)
             worker = start_worker(settings, broker.url, {**s3_env, "CASED_WEB_PORT": str(web_port)}, output=worker_log,
                                   log_level=settings.log_level)
-            camera = [image_event("camera-1", uri, {"history": "live"}) for uri in uris]
-            uploads = [image_event("uploads", jpeg(photo), {"history": "upload", "name": name})
+            started = time.time()
+            cam = [image_event(CAMERA, uri, {ev.HISTORY_ATTR: STEADY}, ts=started + f.t)
+                   for uri, f in zip(uris, frames_of)]
+            uploads = [image_event("uploads", jpeg(photo), {ev.HISTORY_ATTR: UPLOAD, "name": name})
                        for name, photo in package_photos()]
             client = producer(broker.url)
-            publish(client, settings.images_topic, camera + uploads)
+            publish(client, settings.images_topic, cam + uploads)
             client.close()
-            expected = len(camera) + len(uploads)
-            print(f"published {len(camera)} camera frames ({', '.join(CAMERA_SCENES)}, near-ties every third "
+            expected = len(cam) + len(uploads)
+            print(f"published {len(cam)} camera frames ({', '.join(CAMERA_SCENES)}, near-ties every third "
                   f"frame) and {len(uploads)} uploaded photos; waiting for the worker")
-            seen = 0
+            seen, consistent, raw = 0, [], []
             deadline = time.monotonic() + timeout_s
             for topic, _, value in read_records(broker.url, [settings.labels_topic, settings.dead_letter_topic],
                                                 idle_timeout_s=timeout_s):
@@ -186,6 +205,9 @@ def run_demo(frames: int = 12, timeout_s: float = 120.0, keep_view: bool | None 
                     print(f"  DEAD {letter.event_id}: {letter.reason} {letter.detail}")
                 else:
                     label = ev.decode_label_event(value)
+                    if label.stream_id == CAMERA:
+                        consistent.append(label.label)
+                        raw.append(label.raw_label)
                     name = label.attrs.get("name", label.event_id[:8])
                     marker = "" if label.label == label.raw_label else "   <- history kept the label"
                     print(f"  {label.stream_id:<9} {name:<9} raw {label.raw_label:<10} consistent "
@@ -196,6 +218,13 @@ def run_demo(frames: int = 12, timeout_s: float = 120.0, keep_view: bool | None 
             if seen != expected:
                 raise RuntimeError(f"the worker answered {seen} of {expected} events in {timeout_s}s; "
                                    f"see its log, {work / 'worker.log'}")
+            shown = label_changes(consistent)
+            print(f"{CAMERA}: consistent label {' -> '.join(shown)} ({len(shown) - 1} changes in {len(consistent)} "
+                  f"frames; the raw label changed {len(label_changes(raw)) - 1} times)")
+            card = view_card(view.server.url, CAMERA, len(cam))
+            print(f"live view: {CAMERA} " + ("not shown in time" if card is None else
+                                             f"shows {card['label']} after {card['changes'] - 1} changes of its "
+                                             f"consistent label"))
             if keep_view if keep_view is not None else sys.stdin.isatty():
                 try:
                     input(f"the live view stays up at {view.server.url}: press Enter to stop ")

@@ -1,48 +1,64 @@
 """`cased eval stream`: how steady and how right the raw and the consistent labels are on simulated
 streams with known truth (cased_core.streams), through the worker's own batch pipeline in process.
 
-The streams' events are interleaved into batches as a worker receives them (each stream's in order,
-many streams per batch), with their event `ts` and the history policy each stream asks for; an
-unreadable frame is dead-lettered and has no label. Every label event carries both labels: the raw one
-(the image alone) and the consistent one (the stream's history applied), so both are scored on the
-same run. A label is right when it names the frame's concept or one of its synonyms. A third,
-`hindsight`, is the raw labels' majority over each true segment: what a history that knew the future
-could reach, the ceiling of what consistency can win here.
+Two sets of scenarios, reported apart: `realistic` (fixed cameras holding scenes for tens to thousands
+of frames) and `stress` (12-frame scenes, every disturbance frequent). Each camera stream runs once per
+live policy compared (`steady`, `fast`), as a stream of its own that asks for that policy in its
+`attrs`; upload streams run once, with the `upload` policy. The streams' events are interleaved into
+batches as a worker receives them (each stream's in order, many streams per batch), with their event
+`ts`; an unreadable frame is dead-lettered and has no label.
+
+Every label event carries both labels: the raw one (the image alone) and the consistent one (the
+stream's history applied). Rows: `raw` and `hindsight` (the raw labels' majority over each true
+segment: what a history that knew the future could reach, the ceiling of what consistency can win
+here), both from the first policy's run, then the consistent labels of each policy. A label is right
+when it names the frame's concept or one of its synonyms. Lags are measured after the changes the raw
+labels recognise (cased_core.stream_metrics).
 """
 from __future__ import annotations
 
 import asyncio
 import io
 import itertools
-from typing import Sequence
+import time
+from typing import Iterator, Sequence, TextIO
 
+from cased_core.history import FAST, STEADY, UPLOAD
 from cased_core.stream_metrics import Frame, pooled, stream_figures
-from cased_core.streams import SCENARIOS, Stream, generate, names_of
+from cased_core.streams import SCENARIOS, SETS, Stream, generate, names_of
 from topics import events as ev
 
 HELD_OUT_SEED = 20261123  # streams no setting was tuned on
+LIVE_POLICIES = (STEADY, FAST)
+COLD_STARTS = 5  # cold_start streams for each stream of another scenario: each is a few dozen frames
+PROGRESS_EVERY_S = 5.0
+Run = tuple[Stream, str]  # a stream and the history policy it runs under
 
 
 def _is_right(label: str, concept: str) -> bool:
     return label in names_of(concept)
 
 
-def _events(stream: Stream) -> list[ev.ImageEvent]:
-    out = []
+def _stream_id(run: Run) -> str:
+    stream, policy = run
+    return stream.name if stream.policy is not None else f"{stream.name}/{policy}"
+
+
+def _events(run: Run) -> Iterator[ev.ImageEvent]:
+    """A stream's events, made when read (a realistic stream renders each frame on demand)."""
+    stream, policy = run
     for i, frame in enumerate(stream.frames):
         data = b"this frame's bytes are not an image"
         if frame.image is not None:
             buffer = io.BytesIO()
             frame.image.save(buffer, "PNG")
             data = buffer.getvalue()
-        out.append(ev.ImageEvent(event_id=f"{stream.name}-{i:05d}", stream_id=stream.name, image=data,
-                                 ts=frame.t, attrs={"history": stream.policy}))
-    return out
+        yield ev.ImageEvent(event_id=f"{_stream_id(run)}-{i:05d}", stream_id=_stream_id(run), image=data, ts=frame.t,
+                            attrs={ev.HISTORY_ATTR: policy})
 
 
-def _interleaved(streams: Sequence[Stream]) -> list[ev.ImageEvent]:
-    per_stream = [_events(s) for s in streams]
-    return [e for group in itertools.zip_longest(*per_stream) for e in group if e is not None]
+def _interleaved(runs: Sequence[Run]) -> Iterator[ev.ImageEvent]:
+    return (e for group in itertools.zip_longest(*(_events(r) for r in runs)) for e in group if e is not None)
 
 
 def hindsight(frames: Sequence[Frame], same_concept) -> list[Frame]:
@@ -64,17 +80,22 @@ def hindsight(frames: Sequence[Frame], same_concept) -> list[Frame]:
     return out
 
 
-def label_streams(pipeline, streams: Sequence[Stream], batch_size: int = 16) -> dict[str, list[tuple]]:
-    """Each stream's (raw label, consistent label) per frame, None for a dead-lettered frame."""
+def label_streams(pipeline, runs: Sequence[Run], batch_size: int = 16,
+                  progress: TextIO | None = None) -> dict[str, list[tuple]]:
+    """Each run's (raw label, consistent label) per frame, None for a dead-lettered frame, by stream id;
+    with `progress`, a line there every few seconds."""
     from workers.histories import MemoryStore
 
     store = MemoryStore()
-    events = _interleaved(streams)
-    labels: dict[str, list[tuple]] = {s.name: [] for s in streams}
+    labels: dict[str, list[tuple]] = {_stream_id(r): [] for r in runs}
+    total = sum(len(stream.frames) for stream, _ in runs)
+    events = _interleaved(runs)
+    started = said = time.monotonic()
 
     async def run() -> None:
-        for start in range(0, len(events), batch_size):
-            batch = events[start:start + batch_size]
+        nonlocal said
+        done = 0
+        while batch := list(itertools.islice(events, batch_size)):
             outputs = await pipeline.process([ev.encode_image_event(e) for e in batch], store)
             for event, output in zip(batch, outputs):
                 if output.topic == ev.LABELS_OUT:
@@ -82,36 +103,89 @@ def label_streams(pipeline, streams: Sequence[Stream], batch_size: int = 16) -> 
                     labels[event.stream_id].append((label.raw_label, label.label))
                 else:
                     labels[event.stream_id].append((None, None))
+            done += len(batch)
+            if progress is not None and (time.monotonic() - said >= PROGRESS_EVERY_S or done == total):
+                said = time.monotonic()
+                print(f"eval stream: {done:,} of {total:,} frames labelled ({100 * done / total:.0f}%), "
+                      f"{said - started:.0f} s", file=progress, flush=True)
 
     asyncio.run(run())
     return labels
 
 
+def streams_of(scenario: str, streams_per_scenario: int, seed: int, scale: float = 1.0) -> list[Stream]:
+    """The streams `cased eval stream` runs for a scenario (cold starts: COLD_STARTS times as many)."""
+    count = streams_per_scenario * (COLD_STARTS if scenario == "cold_start" else 1)
+    return generate(scenario, count, seed, scale=scale)
+
+
 def eval_stream(pipeline, streams_per_scenario: int = 6, seed: int = HELD_OUT_SEED,
-                scenarios: Sequence[str] = SCENARIOS, batch_size: int = 16) -> dict:
-    """Figures per scenario and overall, for the raw and the consistent labels (see
-    cased_core.stream_metrics); `pipeline` is a workers.pipeline.Pipeline, closed afterwards.
+                scenarios: Sequence[str] = SCENARIOS, policies: Sequence[str] = LIVE_POLICIES,
+                batch_size: int = 16, scale: float = 1.0, progress: TextIO | None = None) -> dict:
+    """Figures per set and scenario, and overall per set, for the raw, hindsight and each policy's
+    consistent labels (see cased_core.stream_metrics); `pipeline` is a workers.pipeline.Pipeline,
+    closed afterwards. `scale` multiplies the realistic scenes' lengths (tests run short ones).
 
     Raises:
-        ValueError: an unknown scenario, or no streams to run.
+        ValueError: an unknown scenario or policy, or no streams to run.
     """
     try:
         if streams_per_scenario < 1 or not scenarios:
             raise ValueError("eval stream needs at least 1 stream per scenario (--streams) and 1 scenario")
-        streams = [s for scenario in scenarios for s in generate(scenario, streams_per_scenario, seed)]
-        labels = label_streams(pipeline, streams, batch_size)
+        if not policies or any(p not in LIVE_POLICIES for p in policies):
+            raise ValueError(f"eval stream compares the live policies {' and '.join(LIVE_POLICIES)} (--policies)")
+        streams = [s for scenario in scenarios for s in streams_of(scenario, streams_per_scenario, seed, scale)]
+        runs = [(s, UPLOAD) if s.policy == UPLOAD else (s, p) for s in streams for p in
+                (policies[:1] if s.policy == UPLOAD else policies)]
+        labels = label_streams(pipeline, runs, batch_size, progress)
     finally:
         asyncio.run(pipeline.close())
-    figures: dict[str, dict[str, list]] = {}
+    rows = ("raw", "hindsight", *policies)
+    figures: dict[str, dict[str, dict[str, list]]] = {}
+    agree = {name: [0, 0] for name in SETS}  # raw labels equal in every policy's run, of frames labelled
     for stream in streams:
-        raw = [Frame(f.t, f.concept, pair[0]) for f, pair in zip(stream.frames, labels[stream.name])]
-        consistent = [Frame(f.t, f.concept, pair[1]) for f, pair in zip(stream.frames, labels[stream.name])]
-        for kind, frames in (("raw", raw), ("consistent", consistent),
-                             ("hindsight", hindsight(raw, pipeline.same_concept))):
-            figures.setdefault(stream.scenario, {}).setdefault(kind, []).append(stream_figures(frames, _is_right))
-    out = {"seed": seed, "streams_per_scenario": streams_per_scenario, "scenarios": {}}
-    for scenario, kinds in figures.items():
-        out["scenarios"][scenario] = {kind: pooled(parts) for kind, parts in kinds.items()}
-    out["overall"] = {kind: pooled([p for kinds in figures.values() for p in kinds[kind]])
-                      for kind in ("raw", "consistent", "hindsight")}
+        runs_of = {p: labels[_stream_id((stream, UPLOAD if stream.policy == UPLOAD else p))] for p in policies}
+        truth = stream.truth()
+        raw = [Frame(t, concept, pair[0]) for (t, concept), pair in zip(truth, runs_of[policies[0]])]
+        reference = [f.label for f in raw]
+        parts = {"raw": raw, "hindsight": hindsight(raw, pipeline.same_concept)}
+        for policy, pairs in runs_of.items():
+            parts[policy] = [Frame(t, concept, pair[1]) for (t, concept), pair in zip(truth, pairs)]
+        per_row = figures.setdefault(_set_of(stream.scenario), {}).setdefault(stream.scenario, {})
+        for row in rows:
+            per_row.setdefault(row, []).append(stream_figures(parts[row], _is_right, reference))
+        counts = agree[_set_of(stream.scenario)]
+        for pairs in zip(*runs_of.values()):
+            if pairs[0][0] is not None:
+                counts[0] += all(p[0] == pairs[0][0] for p in pairs)
+                counts[1] += 1
+    out = {"seed": seed, "streams_per_scenario": streams_per_scenario, "cold_starts": COLD_STARTS,
+           "policies": list(policies), "sets": {}}
+    for name, by_scenario in figures.items():
+        out["sets"][name] = {
+            "scenarios": {scenario: {row: pooled(parts) for row, parts in by_row.items()}
+                          for scenario, by_row in by_scenario.items()},
+            "overall": {row: pooled([p for by_row in by_scenario.values() for p in by_row[row]]) for row in rows},
+            "raw_same_in_every_run": round(agree[name][0] / max(agree[name][1], 1), 4),
+        }
     return out
+
+
+def _set_of(scenario: str) -> str:
+    return next(name for name, members in SETS.items() if scenario in members)
+
+
+def table(figures: dict) -> str:
+    """`eval_stream`'s figures as the text table `cased eval stream` prints."""
+    lines = [f"{'set':<10}{'scenario':<12}{'labels':<11}{'accuracy':>9}{'switches/100':>14}{'excess':>8}"
+             f"{'lag median/p90':>16}{'lag s p90':>11}{'names/concept':>15}"]
+    for name, per_set in figures["sets"].items():
+        for scenario, rows in [*per_set["scenarios"].items(), ("overall", per_set["overall"])]:
+            for row, f in rows.items():
+                lag, lag_s = f["lag_frames"], f["lag_s"]["p90"]
+                excess = "-" if f["excess_switches"] is None else f"{100 * f['excess_switches']:.0f}%"
+                accuracy = "-" if f["accuracy"] is None else f"{100 * f['accuracy']:.1f}%"
+                lines.append(f"{name:<10}{scenario:<12}{row:<11}{accuracy:>9}{f['switches_per_100']:>14.1f}"
+                             f"{excess:>8}{str(lag['median']) + ' / ' + str(lag['p90']):>16}"
+                             f"{'-' if lag_s is None else lag_s:>11}{f['names_per_concept'] or '-':>15}")
+    return "\n".join(lines)

@@ -73,19 +73,21 @@ def test_eval_json_keys(capsys, tmp_path):
 
 
 def test_eval_stream_scores_raw_and_consistent_labels(capsys):
-    code, out, _ = run(capsys, "eval", "stream", "--streams", "1", "--scenarios", "cut", "gaps", "--json")
-    assert code == 0
-    figures = json.loads(out)
-    assert set(figures["scenarios"]) == {"cut", "gaps"}
-    assert set(figures["overall"]) == {"raw", "consistent", "hindsight"}
-    for kind in ("raw", "consistent"):
-        overall = figures["overall"][kind]
+    code, out, err = run(capsys, "eval", "stream", "--streams", "1", "--scenarios", "cut", "gaps", "--json")
+    assert code == 0 and "frames labelled (100%)" in err  # progress on stderr, the figures alone on stdout
+    stress = json.loads(out)["sets"]["stress"]
+    assert set(stress["scenarios"]) == {"cut", "gaps"}
+    assert set(stress["overall"]) == {"raw", "hindsight", "steady", "fast"}
+    for kind in ("raw", "steady", "fast"):
+        overall = stress["overall"][kind]
         assert overall["streams"] == 2 and overall["frames"] == 96 and 0 < overall["accuracy"] <= 1
-        assert overall["changes_followed"].endswith("/6")  # 3 cuts in each of the two streams
+        followed = int(overall["changes_followed"].split("/")[1])
+        assert followed + overall["changes_unrecognised"] == 6  # 3 cuts in each of the two streams
     # the gaps' unreadable frames are dead-lettered: no label, no switch, no truth
-    assert figures["scenarios"]["gaps"]["raw"]["frames"] == 48
-    code, out, _ = run(capsys, "eval", "stream", "--streams", "1", "--scenarios", "cut")
-    assert code == 0 and out.splitlines()[0].split()[:3] == ["scenario", "labels", "accuracy"]
+    assert stress["scenarios"]["gaps"]["raw"]["frames"] == 48
+    code, out, _ = run(capsys, "eval", "stream", "--streams", "1", "--scenarios", "cut", "--policies", "steady")
+    assert code == 0 and out.splitlines()[0].split()[:4] == ["set", "scenario", "labels", "accuracy"]
+    assert [line.split()[2] for line in out.splitlines()[1:4]] == ["raw", "hindsight", "steady"]
 
 
 def test_stream_tools_name_a_bad_argument_in_one_line(capsys):

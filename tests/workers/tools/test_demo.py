@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cased_core.streams import names_of
+
 
 def test_the_demo_runs_end_to_end_and_keeps_its_logs_in_one_folder():
     """`cased demo`: embedded broker, a worker, a camera and an upload stream, all answered, clean exit;
@@ -26,6 +28,25 @@ def test_the_demo_runs_end_to_end_and_keeps_its_logs_in_one_folder():
     assert "loaded model tiny@" in worker_log and "assigned images.in partitions" in worker_log
     assert "\x1b" not in worker_log and "Traceback" not in worker_log
     assert "listening on: tcp://127.0.0.1:" in (folder / "broker.log").read_text()
+
+
+def test_the_shipped_demo_camera_changes_its_label_exactly_at_its_two_cuts():
+    """`cased demo` as shipped: embedded broker, a worker, the camera and the upload stream, all answered,
+    clean exit; the camera's consistent label changes exactly twice, star -> moon -> heart with one name
+    for the moon, while its raw label flickers, and the live view shows the same two changes."""
+    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "demo"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "42 of 42 records received" in out, out  # 3 scenes x 12 frames, and 6 photos
+    assert "camera-1" in out and "uploads" in out
+    assert "live view: http://127.0.0.1:" in out
+    [(first, moon, last, frames, raw)] = re.findall(
+        r"camera-1: consistent label (\S+) -> (\S+) -> (\S+) \(2 changes in (\d+) frames; the raw label changed "
+        r"(\d+) times\)", out)
+    assert (first, last, frames) == ("star", "heart", "36") and moon in names_of("moon") and int(raw) > 2, out
+    assert "live view: camera-1 shows heart after 2 changes of its consistent label" in out, out
+    assert result.stderr == "" and "\x1b" not in out  # logs go to files; no terminal codes
 
 
 @pytest.mark.parametrize("moment", ["live view: ", "published "])

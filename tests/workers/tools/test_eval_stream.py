@@ -1,13 +1,14 @@
+import io
+
 from cased_core.stream_metrics import Frame
-from workers.tools.eval_stream import hindsight
+from cased_core.streams import generate
+from workers.tools.eval_stream import COLD_STARTS, eval_stream, hindsight, table
 
 SYNONYMS = {frozenset({"moon", "crescent"})}
 
 
 def same(a, b):
     return frozenset({a, b}) in SYNONYMS
-
-
 def test_hindsight_gives_each_true_segment_its_most_common_raw_label():
     truth = ["star"] * 4 + [None] + ["moon"] * 5 + ["star"] * 2
     raw = ["star", "heart", "star", "heart", None, "crescent", "orange", "moon", "orange", "orange", "heart", "star"]
@@ -27,3 +28,31 @@ def test_synonyms_vote_together_and_the_first_name_counts():
 def test_a_segment_split_by_a_gap_is_one_segment():
     frames = [Frame(0, "star", "star"), Frame(1, None, None), Frame(2, "star", "heart"), Frame(3, "star", "star")]
     assert [f.label for f in hindsight(frames, same)] == ["star", None, "star", "star"]
+
+
+def test_both_sets_and_both_live_policies_run_through_the_worker_pipeline():
+    """Short streams of two realistic and two stress scenarios through the real pipeline (tiny model):
+    every camera runs once per policy, uploads once; raw and hindsight rows come with each policy's."""
+    from workers.app import build_pipeline
+    from workers.settings import Settings
+
+    progress = io.StringIO()
+    figures = eval_stream(build_pipeline(Settings()), streams_per_scenario=1, seed=3, scale=0.02,
+                          scenarios=["quiet", "cold_start", "near_tie", "upload"], progress=progress)
+    assert figures["policies"] == ["steady", "fast"] and set(figures["sets"]) == {"realistic", "stress"}
+    realistic, stress = figures["sets"]["realistic"], figures["sets"]["stress"]
+    assert set(realistic["scenarios"]) == {"quiet", "cold_start"} and set(stress["scenarios"]) == {"near_tie", "upload"}
+    for per_set in (realistic, stress):
+        for rows in [*per_set["scenarios"].values(), per_set["overall"]]:
+            assert set(rows) == {"raw", "hindsight", "steady", "fast"}
+        assert 0.9 <= per_set["raw_same_in_every_run"] <= 1
+    quiet = generate("quiet", 1, seed=3, scale=0.02)[0]
+    assert realistic["scenarios"]["quiet"]["steady"]["frames"] == len(quiet.frames)
+    assert realistic["scenarios"]["cold_start"]["raw"]["streams"] == COLD_STARTS
+    upload = stress["scenarios"]["upload"]
+    assert upload["steady"] == upload["fast"]  # uploads run once, with their own policy
+    total = sum(r["raw"]["frames"] for r in realistic["scenarios"].values()) * 2 + \
+        stress["scenarios"]["near_tie"]["raw"]["frames"] * 2 + upload["raw"]["frames"]
+    assert progress.getvalue().splitlines()[-1].startswith(f"eval stream: {total:,} of {total:,} frames labelled")
+    lines = table(figures).splitlines()
+    assert lines[0].split()[:4] == ["set", "scenario", "labels", "accuracy"] and len(lines) == 1 + 4 * (3 + 3)
