@@ -226,7 +226,8 @@ def cmd_eval_stream(args) -> None:
     from workers.tools.eval_stream import eval_stream, table
 
     figures = eval_stream(build_pipeline(args.settings), streams_per_scenario=args.streams, seed=args.seed,
-                          scenarios=args.scenarios, policies=args.policies, progress=sys.stderr)
+                          scenarios=args.scenarios, policies=args.policies, progress=sys.stderr,
+                          compare_gate=args.compare_gate)
     print(json.dumps(figures) if args.json else table(figures))
 
 
@@ -472,6 +473,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                    help="stream: scenarios (realistic: quiet ... outages; stress: cut ... upload)")
     p.add_argument("--policies", nargs="+", default=list(LIVE_POLICIES), choices=LIVE_POLICIES,
                    help="stream: live history policies compared")
+    p.add_argument("--compare-gate", action="store_true",
+                   help="stream: each policy's labels with the change gate off too (rows '<policy> ungated')")
     p.set_defaults(func=cmd_eval)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)

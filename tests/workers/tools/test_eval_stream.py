@@ -56,3 +56,20 @@ def test_both_sets_and_both_live_policies_run_through_the_worker_pipeline():
     assert progress.getvalue().splitlines()[-1].startswith(f"eval stream: {total:,} of {total:,} frames labelled")
     lines = table(figures).splitlines()
     assert lines[0].split()[:4] == ["set", "scenario", "labels", "accuracy"] and len(lines) == 1 + 4 * (3 + 3)
+
+
+def test_the_gate_s_share_of_frames_and_the_ungated_rows():
+    """Fixed cameras run gated as a worker serves them and, compared, with the gate off: the ungated rows
+    never reuse a frame, the gated ones reuse most of a quiet camera's, and uploads are never gated."""
+    from workers.app import build_pipeline
+    from workers.settings import Settings
+
+    figures = eval_stream(build_pipeline(Settings()), streams_per_scenario=1, seed=3, scale=0.05,
+                          scenarios=["quiet", "upload"], policies=["steady"], compare_gate=True)
+    quiet = figures["sets"]["realistic"]["scenarios"]["quiet"]
+    assert set(quiet) == {"raw", "hindsight", "steady", "steady ungated"} and figures["compare_gate"]
+    assert quiet["steady ungated"]["gated"] == 0 and quiet["steady"]["gated"] > 0.5
+    assert quiet["steady"]["frames"] == quiet["steady ungated"]["frames"]
+    assert figures["sets"]["stress"]["scenarios"]["upload"]["steady"]["gated"] == 0
+    assert figures["sets"]["realistic"]["overall"]["steady"]["gated"] == quiet["steady"]["gated"]
+    assert "gated" in table(figures).splitlines()[0] and "steady ungated" in table(figures)
