@@ -10,11 +10,9 @@ Modes:
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -24,7 +22,7 @@ from PIL import Image
 
 from cased_core import scoring
 from cased_core.candidates import FALLBACK, extract_candidates, select_candidates_batch
-from cased_core.database import Database, default_cache_dir
+from cased_core.database import Database
 from cased_core.search import SearchHits
 from cased_core.lexicon import Lexicon, load_lexicon
 from cased_core.model import ClipModel
@@ -90,35 +88,20 @@ class TermEmbeddings:
         return out
 
 
-def vocabulary_embeddings(model: ClipModel, names: Sequence[str], show_progress: bool = True,
-                          cache_dir: str | Path | None = None) -> np.ndarray:
-    """Embeddings of a whole vocabulary, cached on disk per model and vocabulary under `cache_dir`
-    (default: default_cache_dir()): WordNet nouns cost minutes with a large text encoder, once."""
-    key = hashlib.sha256((model.identity + "\n" + "\n".join(names)).encode()).hexdigest()[:20]
-    path = Path(cache_dir or default_cache_dir()) / "vocabularies" / f"{key}.f16.npy"
-    if path.is_file():
-        return np.load(path).astype(np.float32)
-    from tqdm import tqdm
-
-    with tqdm(total=len(names), desc="embedding vocabulary", disable=not show_progress, mininterval=1.0) as bar:
-        embeddings = model.encode_texts(names, progress=bar.update)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stored = embeddings.astype(np.float16)
-    np.save(path, stored)
-    return stored.astype(np.float32)  # what later runs load: the first run labels as they will
-
-
 class Classifier:
     def __init__(self, model: ClipModel, database: Database | None = None, mode: str = "cased",
                  vocabulary: Sequence[str] | None = None, config: ClassifierConfig = ClassifierConfig(),
-                 lexicon: Lexicon | None = None, cache_dir: str | Path | None = None):
+                 lexicon: Lexicon | None = None, vocabulary_embeddings: np.ndarray | None = None):
+        """`vocabulary_embeddings`: the vocabulary's text embeddings, when the caller has them (a cache:
+        workers/vocabularies.py); computed here otherwise."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode == "vocabulary":
             if not vocabulary:
                 raise ValueError("mode 'vocabulary' needs a non-empty vocabulary")
             self.vocabulary = list(dict.fromkeys(vocabulary))
-            self.vocabulary_embeddings = vocabulary_embeddings(model, self.vocabulary, cache_dir=cache_dir)
+            self.vocabulary_embeddings = model.encode_texts(self.vocabulary) if vocabulary_embeddings is None \
+                else vocabulary_embeddings
         elif database is None:
             raise ValueError(f"mode {mode!r} needs a caption database")
         if database is not None:

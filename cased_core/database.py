@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import faiss
@@ -110,7 +109,3 @@ class Database:
     def search(self, queries: np.ndarray, k: int) -> SearchHits:
         """The k nearest captions of each query by inner product, best first (`searcher` says how)."""
         return self.searcher.search(queries, k)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("CASED_CACHE_DIR", Path.home() / ".cache" / "cased-stream"))

@@ -54,6 +54,9 @@ def load_dataset(root: str | Path) -> Dataset:
     return Dataset(paths, labels)
 
 
+EmbedVocabulary = Callable[[ClipModel, Sequence[str]], np.ndarray]
+
+
 def english_words() -> list[str]:
     from english_words import get_english_words_set
 
@@ -61,7 +64,9 @@ def english_words() -> list[str]:
 
 
 def method_classifier(method: str, model: ClipModel, database: Database, dataset: Dataset,
-                      config: ClassifierConfig, cache_dir: str | Path | None = None) -> Classifier:
+                      config: ClassifierConfig, embed_vocabulary: EmbedVocabulary | None = None) -> Classifier:
+    """The classifier of one of METHODS; `embed_vocabulary(model, names)` gives a vocabulary's text
+    embeddings when the caller keeps them (a cache), else the classifier computes them."""
     if method in ("cased", "closest-caption"):
         return Classifier(model, database, mode=method, config=config)
     vocabularies: dict[str, Callable[[], Sequence[str]]] = {
@@ -71,7 +76,9 @@ def method_classifier(method: str, model: ClipModel, database: Database, dataset
     }
     if method not in vocabularies:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    return Classifier(model, mode="vocabulary", vocabulary=vocabularies[method](), config=config, cache_dir=cache_dir)
+    names = list(dict.fromkeys(vocabularies[method]()))
+    return Classifier(model, mode="vocabulary", vocabulary=names, config=config,
+                      vocabulary_embeddings=None if embed_vocabulary is None else embed_vocabulary(model, names))
 
 
 def encode_dataset(model: ClipModel, dataset: Dataset, batch_size: int = 32,
@@ -87,16 +94,15 @@ def encode_dataset(model: ClipModel, dataset: Dataset, batch_size: int = 32,
 
 def evaluate(model: ClipModel, database: Database, dataset: Dataset, methods: Sequence[str] = METHODS,
              config: ClassifierConfig = ClassifierConfig(), embedder: SentenceEmbedder | None = None,
-             show_progress: bool = True, cache_dir: str | Path | None = None) -> list[MethodScores]:
-    """Encode the images once, then classify and score them with every method (vocabularies' text
-    embeddings cached under `cache_dir`)."""
-    from tqdm import tqdm
-
-    with tqdm(total=len(dataset.paths), desc="encoding images", disable=not show_progress) as bar:
-        embeddings = encode_dataset(model, dataset, progress=bar.update)
+             progress: Callable[[int], None] | None = None,
+             embed_vocabulary: EmbedVocabulary | None = None) -> list[MethodScores]:
+    """Encode the images once (`progress(n)` after each n), then classify and score them with every
+    method; one sentence embedder (`embedder`, else one made here) scores them all."""
+    embeddings = encode_dataset(model, dataset, progress=progress)
+    embedder = embedder or SentenceEmbedder()
     results = []
     for method in methods:
-        classifier = method_classifier(method, model, database, dataset, config, cache_dir)
+        classifier = method_classifier(method, model, database, dataset, config, embed_vocabulary)
         predicted = [p.label for p in classifier.classify_embeddings(embeddings)]
         scores = score_all(predicted, dataset.labels, embedder)
         results.append(MethodScores(method, scores.cluster_accuracy, scores.semantic_similarity,

@@ -14,7 +14,10 @@ own frame-to-frame noise (a running mean of consecutive frames' differences, rob
 same thing (its embedding within SAME of the reference's) raises the scale; a frame classified only
 because `max_frames` or `max_s` came round, whose embedding moved away (below MOVED), lowers it.
 The reference is the last *classified* frame, so slow drift cannot add up unseen, and a frame is
-classified at least every `max_frames` frames or `max_s` seconds of event time whatever.
+classified at least every `max_frames` frames or `max_s` seconds of event time whatever. The frame
+after a stream's first or after a change is classified too ("confirm"): a history that waits for a
+second frame to confirm a change (cased_core.history's steady policy) must get a second look, not a
+copy of the first (a reused result is perfectly still, which would confirm a passer-by).
 
 Pure logic over plain data: the state is a dict of numbers and bytes (the worker keeps it with the
 stream's history, so it follows the stream across rebalances and replays identically).
@@ -28,7 +31,10 @@ Examples:
     'first'
     >>> state = classified(state, "e0", {"label": "wall", "score": 0.9, "candidates": [["wall", 0.9]],
     ...                                  "embedding": None}, why, None)
-    >>> decide(state, flat, 0.5, policy)[0] is None     # nothing changed: the result is reused
+    >>> why, state = decide(state, flat, 0.5, policy)  # the frame after the first: a second look
+    >>> state = classified(state, "e1", {"label": "wall", "score": 0.9, "candidates": [["wall", 0.9]],
+    ...                                  "embedding": None}, why, None)
+    >>> decide(state, flat, 1.0, policy)[0] is None     # nothing changed: the result is reused
     True
 """
 from __future__ import annotations
@@ -84,7 +90,7 @@ def difference(a: bytes, b: bytes) -> float:
 
 
 def decide(state: dict | None, thumb: bytes, t: float | None, policy: GatePolicy) -> tuple[str | None, dict]:
-    """Why this frame must be classified ("first", "changed" or "due"), or None when the reference's
+    """Why this frame must be classified ("first", "changed", "confirm" or "due"), or None when the reference's
     result is its result; and the stream's state after it. A classified frame becomes the reference
     at once (a later frame compares with it); its result comes with `classified`.
 
@@ -95,18 +101,21 @@ def decide(state: dict | None, thumb: bytes, t: float | None, policy: GatePolicy
         policy: when a classification is due whatever the thumbnails say.
     """
     if state is None:
-        return "first", _referenced({"noise": NOISE_START, "scale": 1.0, "event": None, "result": None}, thumb, t)
+        return "first", _referenced({"noise": NOISE_START, "scale": 1.0, "event": None, "result": None}, thumb, t,
+                                    "first")
     state = dict(state)
     step = difference(thumb, state["prev"])
     # Robust: a cut counts as at most a few times the noise, so one cut does not open the gate wide.
     state["noise"] += NOISE_WEIGHT * (min(step, 3 * state["noise"] + 0.01) - state["noise"])
     state["prev"] = thumb
     if difference(thumb, state["ref"]) > threshold(state):
-        return "changed", _referenced(state, thumb, t)
+        return "changed", _referenced(state, thumb, t, "changed")
+    if state.get("confirm"):
+        return "confirm", _referenced(state, thumb, t, "confirm")
     due = state["frames"] + 1 >= policy.max_frames or \
         (t is not None and state["t"] is not None and t - state["t"] >= policy.max_s)
     if due:
-        return "due", _referenced(state, thumb, t)
+        return "due", _referenced(state, thumb, t, "due")
     state["frames"] += 1
     return None, state
 
@@ -142,8 +151,8 @@ def unpack_embedding(packed: bytes) -> np.ndarray:
     return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
 
-def _referenced(state: dict, thumb: bytes, t: float | None) -> dict:
-    return {**state, "ref": thumb, "prev": thumb, "t": t, "frames": 0}
+def _referenced(state: dict, thumb: bytes, t: float | None, why: str) -> dict:
+    return {**state, "ref": thumb, "prev": thumb, "t": t, "frames": 0, "confirm": why in ("first", "changed")}
 
 
 def _standard(cells: np.ndarray) -> np.ndarray:

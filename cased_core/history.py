@@ -105,6 +105,16 @@ def new_state() -> dict:
             "changes": 0, "excursions": 0}
 
 
+def names(state: dict | None) -> list[str]:
+    """The names a stream used so far (None: a new stream's, none): extra candidates for its images."""
+    return list((state or {}).get("names", []))
+
+
+def current(state: dict | None) -> str | None:
+    """The stream's consistent label now (None: a new stream)."""
+    return None if state is None else state.get("current")
+
+
 def canonical(name: str, names: Sequence[str], same_concept: SameConcept) -> str:
     """The name this stream already uses for the concept `name` denotes, or `name` itself."""
     for known in names:

@@ -96,23 +96,13 @@ class SentenceEmbedder:
         return np.asarray(vectors, dtype=np.float32)[[row[t] for t in texts]]
 
 
-_default_embedder: SentenceEmbedder | None = None
-
-
-def default_embedder() -> SentenceEmbedder:
-    """One shared embedder per process: loading the model costs far more than a typical call."""
-    global _default_embedder
-    if _default_embedder is None:
-        _default_embedder = SentenceEmbedder()
-    return _default_embedder
-
-
 def semantic_similarity(predicted: Sequence[str], truth: Sequence[str],
                         embedder: SentenceEmbedder | None = None) -> float:
-    """Mean over images of the cosine between the sentence embeddings of predicted and true label."""
+    """Mean over images of the cosine between the sentence embeddings of predicted and true label
+    (`embedder`: one made here when not given; loading it costs far more than a typical call)."""
     _check_pairs(predicted, truth)
     if embedder is None:
-        embedder = default_embedder()
+        embedder = SentenceEmbedder()
     # One call for both sides, so a label that is both predicted and true is encoded once.
     vectors = embedder.embed([*predicted, *truth])
     pred, true = vectors[:len(predicted)], vectors[len(predicted):]

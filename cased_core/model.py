@@ -13,7 +13,6 @@ from cased_core.digest import sha256_file
 from cased_core.errors import ModelLoadError
 
 TINY_MODEL_DIR = Path(__file__).parent / "data" / "tiny-model"
-PRODUCTION_DEFAULT = ("ViT-L-14", "openai")  # the paper's model
 
 
 @dataclass
@@ -100,10 +99,12 @@ def load_model(name: str = "tiny", pretrained: str | None = None, device: str | 
     model_name, tag, identity = _resolve(name, pretrained)
     dev = pick_device(device)
     precision = "fp16" if dev.type == "cuda" else "fp32"
-    torch.manual_seed(seed)
     try:
-        module, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag, precision=precision,
-                                                                      device=dev)
+        # Random weights (no pretrained tag) are the seed's; the process's own random state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag,
+                                                                          precision=precision, device=dev)
     except RuntimeError as err:
         raise ModelLoadError(f"could not load {name!r} with pretrained={pretrained!r}: {err}. Pretrained tags "
                              f"download from the hub once; offline, pass a local checkpoint file or folder") from err

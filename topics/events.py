@@ -21,6 +21,7 @@ IMAGES_IN = "images.in"
 LABELS_OUT = "labels.out"
 DEAD_LETTER = "images.dlq"
 HISTORY_ATTR = "history"  # the attrs key naming a stream's history policy
+SOURCE_ATTR = "source"  # the attrs key `cased publish` names a local file's path in (labels print it)
 GATE_ATTR = "gate"  # GATE_OFF there: never answer a frame of this stream from an earlier one
 GATE_OFF = "off"
 
@@ -149,6 +150,15 @@ def _unpack(value: bytes) -> dict:
     if not isinstance(record, dict):
         raise InvalidEvent(f"expected a msgpack map, got {type(record).__name__}")
     return record
+
+
+def decode_record(value: bytes) -> dict:
+    """Any record of these topics as the map it is on the wire (every field, known or not).
+
+    Raises:
+        InvalidEvent: not a msgpack map.
+    """
+    return _unpack(value)
 
 
 def decode_image_event(value: bytes | None) -> ImageEvent:

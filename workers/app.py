@@ -1,4 +1,5 @@
-"""The Faust app: an agent that reads images.in in batches and writes labels.out / images.dlq.
+"""The Faust wiring: the app, an agent that reads images.in in batches (the batches' way through the
+worker is workers/flow.py), a timer for skipped records, the rebalance hooks, the web pages.
 
 Offsets: the worker commits images.in itself, never Faust's acks. Per partition it keeps a frontier,
 the next offset to answer (workers/offsets.py), advanced only after a batch's records were delivered
@@ -14,40 +15,31 @@ committed past the batches delivered before it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import faust
-from faust.types import TP
 
 from topics import events as ev
 from workers import compat, prometheus
 from workers.clients import bootstrap, ensure_topics
-from workers.costs import StageCosts
 from workers.failures import DeviceLost
-from workers.fetch import Fetcher, FetchLimits
+from workers.flow import Flow
 from workers.health import WorkerHealth
 from workers.histories import ChangelogStore
 from workers.offsets import Consumed, Frontier, Gap, read_partition, read_range
-from workers.outages import Abandoned, Outages
+from workers.outages import Abandoned
+from workers.pipeline import Pipeline
 from workers.ports import port_problem
 from workers.produce import Record, send_records
 from workers.security import aiokafka_options, faust_credentials, kafka_python_options
 from workers.settings import Settings
 from workers.telemetry import Telemetry
 
-if TYPE_CHECKING:
-    from workers.pipeline import Output, Pipeline
-
 log = logging.getLogger("cased.worker")
 
-COMMIT_ATTEMPTS = 3  # tries per batch, with backoff, before the batch's commit counts as failed
-COMMIT_BACKOFF_S = 0.2  # before the second try, doubled for each next one
-COMMIT_FAILURES_FATAL = 3  # batches in a row whose commit failed: the worker stops taking events
 EXIT_DEVICE_LOST = 3  # the exit status of a worker whose device failed for good: restart it clean
 
 
@@ -62,46 +54,9 @@ class WorkerApp(faust.App):
         await super().on_stop()
 
 
-def fetch_limits(settings: Settings) -> FetchLimits:
-    return FetchLimits(
-        max_bytes=settings.max_bytes, timeout_s=settings.fetch_timeout_s, retries=settings.fetch_retries,
-        allow_private=bool(settings.allow_private_hosts),
-        allowed_buckets=frozenset(b.strip() for b in settings.s3_buckets.split(",") if b.strip()),
-        file_root=Path(settings.file_root) if settings.file_root else None)
-
-
-def build_pipeline(settings: Settings, costs: StageCosts | None = None) -> Pipeline:
-    """Load the model and database (the slow part of start-up) and wire the batch pipeline."""
-    # Imported here, in the loading thread: torch and open_clip take seconds to import.
-    from cased_core.classifier import Classifier, ClassifierConfig
-    from cased_core.gate import GatePolicy
-    from cased_core.history import HistoryPolicy
-    from cased_core.lexicon import load_lexicon
-    from cased_core.model import load_model
-    from workers.databases import load_database
-    from workers.decode import ImageLimits
-    from workers.pipeline import Pipeline
-
-    model = load_model(settings.model, settings.pretrained, settings.device)
-    database = load_database(settings.database, model.identity, settings.cache_dir)
-    database.use_search(settings.search, model.device, settings.search_memory_mb)
-    classifier = Classifier(model, database, config=ClassifierConfig(k=settings.k, alpha=settings.alpha,
-                                                                    top_n=settings.top_n))
-    policy = HistoryPolicy(mode=settings.history_policy, similarity=settings.history_similarity,
-                           margin=settings.history_margin, patience=settings.history_patience,
-                           patience_s=settings.history_patience_s, stillness=settings.history_stillness)
-    pipeline = Pipeline(classifier, Fetcher(fetch_limits(settings)), policy, load_lexicon(), database.name,
-                        image_limits=ImageLimits(max_pixels=settings.max_pixels),
-                        decode_threads=settings.decode_threads or None, torch_threads=settings.torch_threads or None,
-                        jpeg_decoder=settings.jpeg_decoder, costs=costs, batch_size=settings.batch_size,
-                        outages=Outages(budget_s=settings.outage_budget_s),
-                        gate_policy=GatePolicy(max_frames=settings.gate_frames, max_s=settings.gate_seconds))
-    pipeline.warm_up()
-    return pipeline
-
-
 class Worker:
-    """One worker: the Faust app, its agent and timer, and the steps they take.
+    """One worker: the Faust app, its agent and timer, their hooks, and its pages. The batches' way
+    through the worker is the Flow's (workers/flow.py).
 
     `init` builds one from settings; `__init__` takes the parts (a pipeline still loading, telemetry,
     health), so that each step can be driven in process.
@@ -110,7 +65,7 @@ class Worker:
     @classmethod
     def init(cls, settings: Settings, pipeline: Pipeline, telemetry: Telemetry | None = None,
              stop: Callable[[], None] | None = None) -> "Worker":
-        """A worker for `settings` around a loaded `pipeline` (`build_pipeline`): the model and
+        """A worker for `settings` around a loaded `pipeline` (`Pipeline.init`): the model and
         database are checked before the consumer joins its group, so a worker that cannot load them
         never takes partitions. `stop`: ends the process gracefully (a SIGTERM to itself by default)."""
         app = WorkerApp(
@@ -135,25 +90,24 @@ class Worker:
         self.settings, self.app, self.pipeline, self.telemetry, self.health = settings, app, pipeline, telemetry, health
         self.stop = stop
         self.device_lost: str | None = None  # why the worker ends: its exit status is then EXIT_DEVICE_LOST
-        # acks=False: Faust neither tracks nor commits images.in offsets; `answer` commits the frontier.
+        # acks=False: Faust neither tracks nor commits images.in offsets; the flow commits the frontier.
         self.images = app.topic(settings.images_topic, key_type=bytes, value_type=bytes,
                                 partitions=settings.partitions, acks=False)
-        self.outputs = {ev.LABELS_OUT: app.topic(settings.labels_topic, key_type=bytes, value_type=bytes,
-                                                 partitions=settings.partitions),
-                        ev.DEAD_LETTER: app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes,
-                                                  partitions=settings.partitions)}
-        changelog = app.topic(history_topic(settings), key_type=bytes, value_type=bytes,
-                              partitions=settings.partitions)
+        outputs = {ev.LABELS_OUT: settings.labels_topic, ev.DEAD_LETTER: settings.dead_letter_topic}
+        for name in outputs.values():
+            app.topic(name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+        changelog = history_topic(settings)
+        app.topic(changelog, key_type=bytes, value_type=bytes, partitions=settings.partitions)
         self.histories = ChangelogStore(
-            changelog.get_topic_name(),
-            read=lambda p: read_partition(bootstrap(settings.broker), changelog.get_topic_name(), p,
+            changelog,
+            read=lambda p: read_partition(bootstrap(settings.broker), changelog, p,
                                           client_options=aiokafka_options(settings)),
-            send=lambda entries: send_records(app.producer, [Record(changelog.get_topic_name(), key, value, partition)
+            send=lambda entries: send_records(app.producer, [Record(changelog, key, value, partition)
                                                              for partition, key, value in entries]))
         self.frontier = Frontier()
+        self.flow = Flow(app, pipeline, self.histories, self.frontier, health, telemetry, outputs,
+                         settings.images_topic, settings.batch_size, self.end)
         self.answering = asyncio.Lock()  # the agent, read-backs and revocations take turns
-        self._finishing: asyncio.Future | None = None  # the last batch taken, in the model
-        self._delivering: asyncio.Future | None = None  # the last batch answered, being delivered and committed
         self._stalled: set = set()  # (partition, frontier) with fetched records waiting, seen at the last tick
         self._probed: set = set()  # gaps the broker had nothing for, not probed again while they stay the same
         # On SIGTERM: wait for the batch in flight (it delivers its records and commits), then keep the
@@ -172,7 +126,7 @@ class Worker:
         telemetry.observe_outages(pipeline.outages.status)
         app.page("/metrics")(prometheus.page(health, telemetry))  # for Prometheus: workers/prometheus.py
 
-    # -- the data path -----------------------------------------------------------------------------
+    # -- the agent -----------------------------------------------------------------------------------
 
     async def take(self, stream) -> None:
         """The agent: batches of delivered records, with any records Faust skipped before them."""
@@ -184,83 +138,9 @@ class Worker:
                 plan = self.frontier.plan([(c.partition, c.offset) for c in delivered])
                 batch = await self.read_back(plan.gaps) + [delivered[i] for i in plan.take]
                 try:
-                    await self.answer(batch)
+                    await self.flow.answer(batch)
                 except (Abandoned, DeviceLost):  # answered again, by this worker or the next
                     self.frontier.forget_taken()
-
-    async def answer(self, consumed: list[Consumed]) -> None:
-        """Answer records, each partition's in offset order, in batches of at most `batch_size` (a
-        read-back can bring back thousands at once). Pipelined, three batches at most: one prepared
-        (fetched, decoded) while the one before it is in the model, while the one before that is
-        delivered and committed. The last ones may still be on their way on return (`settle` waits for
-        them, and raises what one raised)."""
-        consumed = sorted(consumed, key=lambda c: (c.partition, c.offset))
-        pipeline = self.pipeline
-        for start in range(0, len(consumed), self.settings.batch_size):
-            chunk = consumed[start:start + self.settings.batch_size]
-            if self._delivering is not None and self._delivering.done():
-                await self._delivered()  # raises what a delivery raised: the agent fails as it would have
-            self.health.batch_started(len(chunk))
-            trace = self.telemetry.batch(chunk)
-            await self.histories.ready({c.partition for c in chunk})
-            try:
-                prepared = await pipeline.prepare([c.value for c in chunk], self.histories, trace,
-                                                  [c.partition for c in chunk])
-            finally:
-                await self._classified()  # the batch before has its records and its histories applied
-            self._finishing = asyncio.ensure_future(self.finish(pipeline, chunk, prepared))
-
-    async def finish(self, pipeline: Pipeline, consumed: list[Consumed], prepared) -> None:
-        """The model and the histories (after the batch before it had its histories applied); then
-        delivering and committing, chained after the batch before's, while the next batch goes on."""
-        try:
-            records = await pipeline.finish(prepared, self.histories)
-        except DeviceLost as lost:
-            self.frontier.forget_taken()
-            self.end(lost)
-            raise
-        except BaseException:
-            self.frontier.forget_taken()  # answered again, by this worker or the next
-            raise
-        self._delivering = asyncio.ensure_future(self.deliver_and_commit(consumed, records, prepared.trace,
-                                                                         self._delivering))
-
-    async def deliver_and_commit(self, consumed: list[Consumed], records: list[Output], trace, previous) -> None:
-        try:
-            if previous is not None:
-                await previous
-            await self.deliver(records, trace)
-        except BaseException:
-            self.frontier.forget_taken()
-            raise
-        self.health.batch_done(sum(r.topic == ev.LABELS_OUT for r in records), [r.reason for r in records if r.reason],
-                               reused=sum(r.reused for r in records))
-        self.frontier.advance([(c.partition, c.offset) for c in consumed])
-        await self.commit({c.partition for c in consumed})
-
-    async def _classified(self) -> None:
-        finishing, self._finishing = self._finishing, None
-        if finishing is not None:
-            await finishing
-
-    async def _delivered(self) -> None:
-        delivering, self._delivering = self._delivering, None
-        if delivering is not None:
-            await delivering
-
-    async def settle(self) -> None:
-        """Wait until every batch taken so far is answered and committed (raises what one raised)."""
-        try:
-            await self._classified()
-        finally:
-            await self._delivered()
-
-    async def settle_abandoning(self) -> None:
-        """`settle`, with a batch paused by an outage abandoned instead of waited for: its events stay
-        uncommitted (a revocation, a stop). A batch whose device was lost is not answered either."""
-        self.pipeline.outages.abandon()
-        with contextlib.suppress(Abandoned, DeviceLost):
-            await self.settle()
 
     def end(self, lost: DeviceLost) -> None:
         """The device cannot recover in this process: not live from now on, and stop (gracefully: the
@@ -271,47 +151,6 @@ class Worker:
                       lost.detail)
             self.health.halt(f"device lost: {lost.detail}")
             self.stop()
-
-    def finishing(self) -> bool:
-        """Whether a batch taken is still on its way (in the model, being delivered or committed)."""
-        return any(f is not None and not f.done() for f in (self._finishing, self._delivering))
-
-    async def deliver(self, records: list[Output], trace) -> None:
-        # History first: once the changelog holds a record, a re-delivered event replays it, so a
-        # label is never emitted without its replay copy (duplicates stay identical).
-        await self.histories.flush()
-        # Queuing does not wait once the topics' metadata is known, so its CPU time is its own.
-        with self.health.costs.measure("produce"):
-            topics = {name: topic.get_topic_name() for name, topic in self.outputs.items()}
-            deliveries = await send_records(self.app.producer, [
-                Record(topics[r.topic], r.key, r.value, headers=trace.producing(i, topics[r.topic]))
-                for i, r in enumerate(records)])
-        await asyncio.gather(*deliveries)
-        trace.done(records)
-
-    async def commit(self, partitions: set[int]) -> None:
-        """Commit the frontier of `partitions`, retried with backoff. A batch whose commit failed is
-        answered again, identically, by whoever owns its partition next; batches failing in a row mean
-        the group coordinator is gone or the client broke: the worker halts and /live says why."""
-        offsets = {TP(self.settings.images_topic, p): o for p, o in self.frontier.offsets().items() if p in partitions}
-        delay, error = COMMIT_BACKOFF_S, None
-        for _ in range(COMMIT_ATTEMPTS):
-            try:
-                await compat.commit(self.app.consumer, offsets)
-                self.health.committed()
-                return
-            except Exception as err:  # a rebalance, a coordinator away, a client change
-                error = err
-                await asyncio.sleep(delay)
-                delay *= 2
-        reason = f"committing {self.settings.images_topic} offsets failed {COMMIT_ATTEMPTS} times: " \
-                 f"{type(error).__name__}: {error}"
-        failures = self.health.commit_failed(reason)
-        if failures >= COMMIT_FAILURES_FATAL:
-            log.error("%s; %d batches in a row: taking no more events (/live fails)", reason, failures)
-            self.health.halt(f"{reason} ({failures} batches in a row)")
-        else:
-            log.warning("%s; their events will be answered again, identically", reason)
 
     async def read_back(self, gaps: list[Gap]) -> list[Consumed]:
         found = []
@@ -327,13 +166,13 @@ class Worker:
     async def _drain(self) -> None:
         self.pipeline.outages.abandon()  # a stop does not wait for a dependency to come back
         await self.answering.acquire()
-        await self.settle_abandoning()
+        await self.flow.settle_abandoning()
 
     async def answer_skipped_tails(self) -> None:
         """The timer: a skipped record with nothing after it never shows up in a batch; only the
         consumer's fetch position runs ahead of the frontier. A frontier that did not move for two idle
         ticks while fetched records wait rules out records still on their way through Faust's buffers."""
-        if self.answering.locked() or self.finishing() or self.app.rebalancing or self.health.halted:
+        if self.answering.locked() or self.flow.busy() or self.app.rebalancing or self.health.halted:
             self._stalled.clear()
             self.health.backlog(False)  # a batch runs (or partitions move): judged by the batch's own time
             return
@@ -347,8 +186,8 @@ class Worker:
             self._stalled.update((gap.partition, gap.start) for gap in gaps if gap not in confirmed)
             if confirmed:
                 found = await self.read_back(confirmed)
-                await self.answer(found)
-                await self.settle()
+                await self.flow.answer(found)
+                await self.flow.settle()
                 self._probed.update(gap for gap in confirmed if not any(c.partition == gap.partition for c in found))
 
     # -- group membership and lifecycle --------------------------------------------------------------
@@ -359,7 +198,7 @@ class Worker:
         # abandoned (uncommitted) rather than holding the whole group's rebalance.
         self.pipeline.outages.abandon()
         async with self.answering:
-            await self.settle_abandoning()
+            await self.flow.settle_abandoning()
 
     async def on_assigned(self, sender, assigned, **kwargs) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.images_topic)
@@ -426,7 +265,7 @@ def run_worker(settings: Settings) -> None:
                   configs={"cleanup.policy": "compact"}, **kafka_python_options(settings))
     # The consumer joins its group only once the model and database loaded: a worker that cannot load
     # them fails with one line (ModelLoadError, DatabaseError) and never takes partitions.
-    worker = Worker.init(settings, build_pipeline(settings, StageCosts()))
+    worker = Worker.init(settings, Pipeline.init(settings))
     serving = worker.pipeline.serving()
     log.info("loaded model %s and database %s (device %s, search %s)", worker.pipeline.classifier.model.identity,
              worker.pipeline.database_name, serving.get("device"), serving.get("search"))

@@ -6,9 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-from cased_core.database import TINY_DATABASE_DIR, Database, DatabaseError, default_cache_dir
+from cased_core.database import TINY_DATABASE_DIR, Database, DatabaseError
 from cased_core.digest import sha256_file
 
+
+
+def default_cache_dir() -> Path:
+    """Where s3:// databases and vocabulary embeddings are cached when CASED_CACHE_DIR (the setting
+    cache_dir) does not say."""
+    return Path.home() / ".cache" / "cased-stream"
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

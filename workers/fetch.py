@@ -90,7 +90,8 @@ def _is_public(ip: IPAddress) -> bool:
     return ip.is_global and not ip.is_multicast and ip not in _LOCAL_NAT64
 
 
-def _default_policy(allow_private: bool) -> AddressPolicy:
+def default_policy(allow_private: bool) -> AddressPolicy:
+    """Public addresses only, or every address (`allow_private`: tests, on-prem)."""
     return (lambda ip: True) if allow_private else _is_public
 
 
@@ -106,16 +107,13 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
     return found
 
 
-def _permitted(ip: IPAddress, policy: AddressPolicy) -> bool:
+def permitted(ip: IPAddress, policy: AddressPolicy) -> bool:
+    """Whether an HTTP fetch may connect to `ip` under `policy` (an IPv4-mapped address judged as its
+    IPv4 one, and every IPv4 address an IPv6 one carries judged too)."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped  # the kernel connects to the IPv4 address itself
     embedded = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else []
     return policy(ip) and all(policy(inner) for inner in embedded)
-
-
-def address_allowed(address: str, allow_private: bool) -> bool:
-    """Whether an HTTP fetch may connect to `address`, an IP address (IPv6 zone allowed)."""
-    return _permitted(ipaddress.ip_address(address), _default_policy(allow_private))
 
 
 def _ip_literal(url: yarl.URL) -> IPAddress | None:
@@ -146,7 +144,7 @@ def _http_resolver(policy: AddressPolicy):
 
     def allowed(answer: dict) -> bool:
         try:
-            return _permitted(ipaddress.ip_address(answer["host"]), policy)
+            return permitted(ipaddress.ip_address(answer["host"]), policy)
         except ValueError:
             return False
 
@@ -199,7 +197,7 @@ class Fetcher:
     def __init__(self, limits: FetchLimits, s3_client=None, allow_address: AddressPolicy | None = None):
         self.limits = limits
         self._s3 = s3_client
-        self._policy = allow_address or _default_policy(limits.allow_private)
+        self._policy = allow_address or default_policy(limits.allow_private)
         self._session = None
 
     async def close(self) -> None:
@@ -417,7 +415,7 @@ class Fetcher:
             raise FetchError(UNSUPPORTED_SOURCE, f"{hop} {_show(url)}: {err}") from err
         if ip is None:
             return url
-        if not _permitted(ip, self._policy):
+        if not permitted(ip, self._policy):
             raise FetchError(FORBIDDEN_SOURCE, f"{hop} {_show(url)}: the host is {ip}, a forbidden address")
         return url if url.raw_host == str(ip) else url.with_host(str(ip))
 

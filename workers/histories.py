@@ -23,6 +23,8 @@ from typing import Awaitable, Callable, Iterable, Protocol
 
 import msgpack
 
+from cased_core import history
+
 log = logging.getLogger("cased.worker")
 
 MAX_ANSWERS = 64  # answered events kept per stream; a re-delivery comes from the last uncommitted batches
@@ -161,6 +163,10 @@ class BatchHistories:
 
     def set_state(self, stream_id: str, state: dict) -> None:
         self._stream(stream_id)["history"] = state
+
+    def names(self, stream_id: str) -> list[str]:
+        """The names the stream used so far (cased_core.history.names)."""
+        return history.names(self.state(stream_id))
 
     def gate(self, stream_id: str) -> dict | None:
         """The stream's change-gate state (cased_core.gate; None: none yet)."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from cased_core.gate import GatePolicy
 from cased_core.history import HistoryPolicy
 from cased_core.options import HISTORY_POLICIES, JPEG_DECODERS, SEARCHES, ClassifierConfig
+from topics import events as ev
 from workers.decode import ImageLimits
 from workers.fetch import FetchLimits
 from workers.logs import FORMATS as LOG_FORMATS, LEVELS as LOG_LEVELS
@@ -58,9 +60,9 @@ class Settings:
     # Streaming worker
     broker: str = setting("kafka://127.0.0.1:9092", "Kafka bootstrap servers: kafka://HOST:PORT[,HOST:PORT...]")
     app_id: str = setting("cased-workers", "consumer group and table changelog prefix")
-    images_topic: str = setting("images.in", "topic of image events")
-    labels_topic: str = setting("labels.out", "topic of label events")
-    dead_letter_topic: str = setting("images.dlq", "topic of dead letters")
+    images_topic: str = setting(ev.IMAGES_IN, "topic of image events")
+    labels_topic: str = setting(ev.LABELS_OUT, "topic of label events")
+    dead_letter_topic: str = setting(ev.DEAD_LETTER, "topic of dead letters")
     partitions: int = setting(8, "partitions of topics the worker creates; scale replicas up to this", minimum=1)
     batch_size: int = setting(16, "images per model batch", minimum=1, maximum=4096)
     fetch_wait_ms: int = setting(100, "longest a fetch waits at the broker for new images.in records", minimum=1)
@@ -128,6 +130,29 @@ class Settings:
         # HOST:PORT list). kafka://a:1,kafka://b:2 and a:1,b:2 are accepted too.
         hosts = [part.strip().removeprefix("kafka://") for part in self.broker.split(",")]
         object.__setattr__(self, "broker", "kafka://" + ",".join(hosts))
+
+    # -- the components' configs, each mapped from the settings here and nowhere else ---------------
+
+    def classifier_config(self) -> ClassifierConfig:
+        return ClassifierConfig(k=self.k, alpha=self.alpha, top_n=self.top_n)
+
+    def history(self) -> HistoryPolicy:
+        return HistoryPolicy(mode=self.history_policy, similarity=self.history_similarity, margin=self.history_margin,
+                             patience=self.history_patience, patience_s=self.history_patience_s,
+                             stillness=self.history_stillness)
+
+    def gate(self) -> GatePolicy:
+        return GatePolicy(max_frames=self.gate_frames, max_s=self.gate_seconds)
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.max_pixels)
+
+    def fetch_limits(self) -> FetchLimits:
+        return FetchLimits(
+            max_bytes=self.max_bytes, timeout_s=self.fetch_timeout_s, retries=self.fetch_retries,
+            allow_private=bool(self.allow_private_hosts),
+            allowed_buckets=frozenset(b.strip() for b in self.s3_buckets.split(",") if b.strip()),
+            file_root=Path(self.file_root) if self.file_root else None)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":

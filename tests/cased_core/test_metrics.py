@@ -121,21 +121,22 @@ def test_missing_model_package_names_the_extra(monkeypatch):
         SentenceEmbedder()
 
 
-def test_default_embedder_created_once(monkeypatch):
-    created = []
+def test_the_embedder_given_is_used_and_none_is_kept_between_calls(monkeypatch):
+    created, embedded = [], []
 
     class FakeEmbedder:
         def __init__(self):
             created.append(self)
 
         def embed(self, texts):
+            embedded.append(list(texts))
             return np.ones((len(texts), 1), dtype=np.float32)
 
+    given = FakeEmbedder()
+    assert semantic_similarity(["a"], ["b"], given) == 1.0 and embedded == [["a", "b"]]
     monkeypatch.setattr(metrics, "SentenceEmbedder", FakeEmbedder)
-    monkeypatch.setattr(metrics, "_default_embedder", None)
-    assert semantic_similarity(["a"], ["b"]) == 1.0
-    assert semantic_similarity(["c"], ["d"]) == 1.0
-    assert len(created) == 1
+    assert semantic_similarity(["c"], ["d"]) == 1.0 and semantic_similarity(["e"], ["f"]) == 1.0
+    assert len(created) == 3  # no process-wide embedder: each call without one makes its own
 
 
 # --- semantic similarity with the real model ---------------------------------------------------

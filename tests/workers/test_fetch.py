@@ -25,7 +25,7 @@ from topics.events import (
 )
 from workers.tools.broker import free_port
 from workers.failures import STORAGE, SystemFault
-from workers.fetch import FetchError, Fetcher, FetchLimits, address_allowed
+from workers.fetch import FetchError, Fetcher, FetchLimits, default_policy, permitted
 
 PAYLOAD = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 LIMITS = FetchLimits(max_bytes=2000, timeout_s=0.5, retries=2, backoff_s=0.01)
@@ -276,9 +276,10 @@ def test_allow_private_reaches_loopback(server):
     ("169.254.169.254", False), ("fd00:ec2::254", False), ("fe80::1%eth0", False), ("224.0.0.1", False),
     ("ff0e::1", False), ("100.64.0.1", False),
 ])
-def test_address_allowed(address, allowed):
-    assert address_allowed(address, allow_private=False) is allowed
-    assert address_allowed(address, allow_private=True) is True
+def test_the_address_policy(address, allowed):
+    ip = ipaddress.ip_address(address)
+    assert permitted(ip, default_policy(allow_private=False)) is allowed
+    assert permitted(ip, default_policy(allow_private=True)) is True
 
 
 # --- redirects -----------------------------------------------------------------------------------

@@ -9,18 +9,20 @@ import pytest
 from PIL import Image
 
 from cased_core.classifier import Classifier
-from cased_core.history import HistoryPolicy
 from tests.workers.conftest import png, shape
 from tests.workers.faults import CYAN, MAGENTA, flat, poisoned
 from topics import events as ev
 from workers.fetch import Fetcher, FetchLimits
 from workers.histories import BatchHistories, MemoryStore, answer_key, state_key
 from workers.pipeline import Pipeline
+from workers.settings import Settings
 
 
-def make_pipeline(model, database, lexicon, tmp_path=None, answers: int = 64) -> Pipeline:
-    return Pipeline(Classifier(model, database), Fetcher(FetchLimits(file_root=tmp_path)), HistoryPolicy(), lexicon,
-                    database.name, answers=answers)
+def make_pipeline(model, database, lexicon, tmp_path=None, fetcher=None, **settings) -> Pipeline:
+    """A pipeline around a loaded model and database, not warmed up; the change gate off unless
+    `settings` say otherwise (the tests that count model calls must see every frame reach the model)."""
+    return Pipeline.init(Settings(**{"gate_frames": 1, **settings}), classifier=Classifier(model, database),
+                         fetcher=fetcher or Fetcher(FetchLimits(file_root=tmp_path)), lexicon=lexicon, warm_up=False)
 
 
 def run(pipeline: Pipeline, *batches, store=None, partitions=None) -> list[list]:
@@ -180,7 +182,7 @@ def test_every_output_fits_a_kafka_record_whatever_the_producer_sends(tiny_model
 
 
 def test_intra_op_threads_follow_the_encoder_s_measured_cost():
-    from workers.pipeline import ENCODER_PARALLEL_MS, intra_op_threads
+    from workers.inference import ENCODER_PARALLEL_MS, intra_op_threads
 
     assert intra_op_threads("cpu", ENCODER_PARALLEL_MS / 2, cpus=6) == 1  # cheaper than the worker's own work
     assert intra_op_threads("cpu", ENCODER_PARALLEL_MS, cpus=6) == 6  # the encoder is the bound
@@ -188,7 +190,7 @@ def test_intra_op_threads_follow_the_encoder_s_measured_cost():
 
 
 def test_warm_up_measures_the_encoder_and_applies_the_thread_decision(tiny_model, tiny_database, lexicon, monkeypatch):
-    from workers import pipeline as pipeline_module
+    from workers import inference as inference_module
 
     asked = []
 
@@ -196,15 +198,15 @@ def test_warm_up_measures_the_encoder_and_applies_the_thread_decision(tiny_model
         asked.append((device, encoder_ms, cpus))
         return 3
 
-    monkeypatch.setattr(pipeline_module, "intra_op_threads", decide)
+    monkeypatch.setattr(inference_module, "intra_op_threads", decide)
     measured = make_pipeline(tiny_model, tiny_database, lexicon)
     measured.warm_up()
-    assert asked == [("cpu", measured.encoder_ms, pipeline_module.usable_cpus())] and measured.encoder_ms > 0
-    assert measured.torch_threads == 3 and measured.serving()["threads"]["torch"] == 3
-    given = Pipeline(Classifier(tiny_model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
-                     tiny_database.name, torch_threads=2)
+    encoder_ms = measured.inference.encoder_ms
+    assert asked == [("cpu", encoder_ms, inference_module.usable_cpus())] and encoder_ms > 0
+    assert measured.serving()["threads"]["torch"] == 3
+    given = make_pipeline(tiny_model, tiny_database, lexicon, torch_threads=2)
     given.warm_up()
-    assert given.torch_threads == 2 and len(asked) == 1  # a given count is not decided again
+    assert given.serving()["threads"]["torch"] == 2 and len(asked) == 1  # a given count is not decided again
     for pipeline in (measured, given):
         asyncio.run(pipeline.close())
 
@@ -228,17 +230,17 @@ def test_the_batched_jpeg_decoder_labels_jpegs_and_dead_letters_the_broken_one(t
     star = tinyworld.render(np.random.default_rng(3), "star", size=64)[0]
     good = jpeg(star)
     images = {"jpeg": good, "truncated": good[:len(good) // 2], "cmyk": jpeg(star, "CMYK"), "png": shape("star", 3)}
-    pipeline = Pipeline(Classifier(tiny_model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
-                        tiny_database.name, jpeg_decoder="torchvision")
-    assert pipeline.batched_jpeg and pipeline.serving()["jpeg_decoder"] == "torchvision on cpu"
+    pipeline = make_pipeline(tiny_model, tiny_database, lexicon, jpeg_decoder="torchvision")
+    assert pipeline.serving()["jpeg_decoder"] == "torchvision on cpu"
     [outputs] = run(pipeline, [ev.ImageEvent(event_id=name, stream_id=name, image=data)
                                for name, data in images.items()])
     assert [o.topic for o in outputs] == [ev.LABELS_OUT, ev.DEAD_LETTER, ev.LABELS_OUT, ev.LABELS_OUT]
     letter = ev.decode_dead_letter(outputs[1].value)
     assert letter.reason == ev.NOT_AN_IMAGE and letter.event_id == "truncated" and "decode" in letter.detail
+    from workers.inference import ModelInput
+
     with pytest.raises(ValueError, match="choose one of"):
-        Pipeline(Classifier(tiny_model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
-                 tiny_database.name, jpeg_decoder="nvjpeg")
+        ModelInput.of(tiny_model, "nvjpeg")
 
 
 def test_labels_say_their_concept_and_when_the_stream_changed(tiny_model, tiny_database, lexicon):
@@ -319,8 +321,7 @@ def test_storage_failing_for_everyone_pauses_and_every_event_is_labelled_once_it
 
     for i in range(4):
         (tmp_path / f"{i}.png").write_bytes(shape("moon", i))
-    pipeline = Pipeline(Classifier(tiny_model, tiny_database), Storage(FetchLimits(file_root=tmp_path)),
-                        HistoryPolicy(), lexicon, tiny_database.name)
+    pipeline = make_pipeline(tiny_model, tiny_database, lexicon, fetcher=Storage(FetchLimits(file_root=tmp_path)))
     events = [ev.ImageEvent(f"f{i}", "cam", uri=f"file://{tmp_path / f'{i}.png'}") for i in range(4)]
     events.insert(2, ev.ImageEvent("inline", "cam", image=shape("moon", 9)))
     outputs, paused = during(pipeline, [ev.encode_image_event(e) for e in events], lambda: down.__setitem__(0, False))
@@ -343,8 +344,7 @@ def test_out_of_memory_settles_on_a_smaller_batch_and_grows_back(tiny_model, tin
         return tiny_model.encode_pixels(pixels)
 
     model.encode_pixels = encode
-    pipeline = Pipeline(Classifier(model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
-                        tiny_database.name, batch_size=8)
+    pipeline = make_pipeline(model, tiny_database, lexicon, batch_size=8)
     now = [0.0]
     pipeline.batch_limit.clock = lambda: now[0]
     store = MemoryStore()
@@ -439,9 +439,7 @@ def still_frames(category: str, seed: int, n: int, noise_seed: int = 0) -> list[
             for _ in range(n)]
 
 
-def gated_pipeline(tiny_model, tiny_database, lexicon, calls: list, policy=None) -> Pipeline:
-    from cased_core.gate import GatePolicy
-
+def gated_pipeline(tiny_model, tiny_database, lexicon, calls: list, gate_frames: int = 30) -> Pipeline:
     model = dataclasses.replace(tiny_model)
 
     def encode(pixels):
@@ -449,8 +447,7 @@ def gated_pipeline(tiny_model, tiny_database, lexicon, calls: list, policy=None)
         return tiny_model.encode_pixels(pixels)
 
     model.encode_pixels = encode
-    return Pipeline(Classifier(model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
-                    tiny_database.name, gate_policy=policy or GatePolicy(max_frames=30, max_s=60))
+    return make_pipeline(model, tiny_database, lexicon, gate_frames=gate_frames, gate_seconds=60)
 
 
 def test_the_gate_answers_unchanged_frames_from_the_stream_s_last_classified_one(tiny_model, tiny_database, lexicon):
@@ -465,23 +462,22 @@ def test_the_gate_answers_unchanged_frames_from_the_stream_s_last_classified_one
     labels = {l.event_id: l for l in (ev.decode_label_event(o.value) for o in first + again)}
     assert len(labels) == 26 and all(o.topic == ev.LABELS_OUT for o in first + again)
     reused = {i: labels[f"c{i}"].reused for i in range(18)}
-    assert reused[0] is None and all(reused[i] == "c0" for i in range(1, 12))  # across the two batches too
-    assert reused[12] is None and all(reused[i] == "c12" for i in range(13, 18))  # the cut: classified at once
-    assert [labels[f"c{i}"].raw_label for i in range(1, 12)] == [labels["c0"].raw_label] * 11
+    # the first frame, and a second look at it; then the second's result, across the two batches too
+    assert reused[0] is None and reused[1] is None and all(reused[i] == "c1" for i in range(2, 12))
+    assert reused[12] is None and reused[13] is None and all(reused[i] == "c13" for i in range(14, 18))  # the cut
+    assert [labels[f"c{i}"].raw_label for i in range(2, 12)] == [labels["c1"].raw_label] * 10
     assert all(labels[f"{s}{i}"].reused is None for s in "uo" for i in range(4))  # never gated
-    assert sum(calls) == 2 + 4 + 4  # the camera's two scenes, and every upload and opted-out frame
+    assert sum(calls) == 4 + 4 + 4  # two frames of each of the camera's scenes, every upload and opted-out frame
     # the history saw every frame: one change, confirmed (steady) by the gated frame after the cut
     assert [labels[f"c{i}"].changed for i in range(18)] == [True] + [False] * 12 + [True] + [False] * 4
 
 
 def test_a_gated_stream_replays_identically_and_refreshes_every_max_frames(tiny_model, tiny_database, lexicon):
-    from cased_core.gate import GatePolicy
-
     calls: list[int] = []
-    pipeline = gated_pipeline(tiny_model, tiny_database, lexicon, calls, GatePolicy(max_frames=4, max_s=60))
+    pipeline = gated_pipeline(tiny_model, tiny_database, lexicon, calls, gate_frames=4)
     camera = [ev.ImageEvent(f"c{i}", "cam", image=data) for i, data in enumerate(still_frames("moon", 3, 10))]
     store = MemoryStore()
     first, replayed = run(pipeline, camera, camera, store=store)
     assert [o.value for o in replayed] == [o.value for o in first]  # re-delivered: the very same records
     reused = [ev.decode_label_event(o.value).reused for o in first]
-    assert reused == [None, "c0", "c0", "c0", None, "c4", "c4", "c4", None, "c8"] and sum(calls) == 3
+    assert reused == [None, None, "c1", "c1", "c1", None, "c5", "c5", "c5", None] and sum(calls) == 4

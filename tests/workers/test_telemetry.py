@@ -20,13 +20,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from cased_core.classifier import Classifier
-from cased_core.history import HistoryPolicy
 from topics import events as ev
 from workers.tools.broker import free_port
 from workers.clients import ensure_topics, image_event, producer, publish, read_messages
-from workers.fetch import Fetcher, FetchLimits
 from workers.histories import MemoryStore
 from workers.pipeline import Pipeline
+from workers.settings import Settings
 from workers.offsets import Consumed
 from workers.telemetry import Telemetry, exported_signals
 from tests.workers.conftest import PARTITIONS, TOPICS, shape
@@ -64,8 +63,7 @@ def traceparent(headers) -> tuple[int, int]:
 
 @pytest.fixture
 def pipeline(tiny_model, tiny_database, lexicon):
-    return Pipeline(Classifier(tiny_model, tiny_database), Fetcher(FetchLimits()), HistoryPolicy(), lexicon,
-                    tiny_database.name)
+    return Pipeline.init(Settings(), classifier=Classifier(tiny_model, tiny_database), lexicon=lexicon, warm_up=False)
 
 
 def published(recorded: Recorded, events: list[ev.ImageEvent]) -> list[Consumed]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cased_core import options
+from topics import events as ev
 from workers import logs
 from workers.settings import Settings, add_flags, apply_flags
 
@@ -54,10 +55,7 @@ def _load_database(args, model):
 
 
 def _classifier_config(args):
-    from cased_core.options import ClassifierConfig
-
-    settings = args.settings
-    return ClassifierConfig(k=settings.k, alpha=settings.alpha, top_n=settings.top_n)
+    return args.settings.classifier_config()
 
 
 def _image_paths(inputs: Sequence[str]) -> list[Path]:
@@ -107,15 +105,17 @@ def cmd_classify(args) -> None:
     """Labels every readable image; each file that cannot be read is reported on stderr, and the
     command exits non-zero at the end when any could not."""
     from cased_core.classifier import Classifier
-    from workers.decode import DecodeError, ImageLimits, decode_image
+    from workers.decode import DecodeError, decode_image
+    from workers.vocabularies import vocabulary_embeddings
 
     paths = _image_paths(args.images or [str(SAMPLES_DIR)])
     vocabulary = _vocabulary(args)
     model = _load_model(args)
     database = None if args.mode == "vocabulary" else _load_database(args, model)
     classifier = Classifier(model, database, args.mode, vocabulary, _classifier_config(args),
-                            cache_dir=args.settings.cache_dir)
-    limits = ImageLimits(max_pixels=args.settings.max_pixels)
+                            vocabulary_embeddings=None if vocabulary is None else
+                            vocabulary_embeddings(model, list(dict.fromkeys(vocabulary)), args.settings.cache_dir))
+    limits = args.settings.image_limits()
     readable, images, failed = [], [], 0
     for path in paths:
         try:
@@ -201,17 +201,21 @@ def cmd_db_info(args) -> None:
 def cmd_eval(args) -> None:
     if args.dataset == "stream":
         return cmd_eval_stream(args)
+    from tqdm import tqdm
+
     from cased_core.evaluate import evaluate, load_dataset
+    from workers.vocabularies import vocabulary_embeddings
 
     dataset = load_dataset(args.dataset)
     model = _load_model(args)
-    results = evaluate(model, _load_database(args, model), dataset, args.methods, _classifier_config(args),
-                       cache_dir=args.settings.cache_dir)
+    cache_dir = args.settings.cache_dir
+    with tqdm(total=len(dataset.paths), desc="encoding images", disable=not sys.stderr.isatty()) as bar:
+        results = evaluate(model, _load_database(args, model), dataset, args.methods, _classifier_config(args),
+                           progress=bar.update,
+                           embed_vocabulary=lambda m, names: vocabulary_embeddings(m, names, cache_dir))
     if args.json:
         for r in results:
-            print(json.dumps({"method": r.method, "cluster_accuracy": round(r.cluster_accuracy, 4),
-                              "semantic_similarity": round(r.semantic_similarity, 4),
-                              "semantic_iou": round(r.semantic_iou, 4), "images": r.images}))
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.as_dict().items()}))
         return
     print(f"{len(dataset.paths)} images, {len(dataset.classes)} classes, model {model.identity}")
     print(f"{'method':<18}{'cluster acc.':>14}{'semantic sim.':>15}{'semantic IoU':>14}")
@@ -222,10 +226,10 @@ def cmd_eval(args) -> None:
 
 def cmd_eval_stream(args) -> None:
     """`cased eval stream`: the raw and the consistent labels on simulated streams with known truth."""
-    from workers.app import build_pipeline
+    from workers.pipeline import Pipeline
     from workers.tools.eval_stream import eval_stream, table
 
-    figures = eval_stream(build_pipeline(args.settings), streams_per_scenario=args.streams, seed=args.seed,
+    figures = eval_stream(Pipeline.init(args.settings), streams_per_scenario=args.streams, seed=args.seed,
                           scenarios=args.scenarios, policies=args.policies, progress=sys.stderr,
                           compare_gate=args.compare_gate)
     print(json.dumps(figures) if args.json else table(figures))
@@ -311,7 +315,7 @@ def cmd_publish(args) -> None:
     kafka = kafka_python_options(settings)
     attrs = dict(pair.split("=", 1) for pair in args.attr or [])
     if args.history:
-        attrs["history"] = args.history
+        attrs[ev.HISTORY_ATTR] = args.history
     sources: list = []
     for item in args.sources:
         if "://" in item:
@@ -319,7 +323,7 @@ def cmd_publish(args) -> None:
         else:
             sources.extend(_image_paths([item]))
     # attrs.source names each image in its label event (`cased labels` shows it), unless given.
-    events = [image_event(args.stream, source, {"source": str(source), **attrs}) for source in sources]
+    events = [image_event(args.stream, source, {ev.SOURCE_ATTR: str(source), **attrs}) for source in sources]
     # Never created here: a broker that creates topics for producers would make one no worker reads.
     require_topics(settings.broker, [settings.images_topic], **kafka)
     client = producer(settings.broker, **kafka)
@@ -333,14 +337,13 @@ def cmd_publish(args) -> None:
 
 
 def format_record(topic: str, value: bytes, dead_letter_topic: str) -> str:
-    from topics import events as ev
 
     if topic == dead_letter_topic:
         letter = ev.decode_dead_letter(value)
         return f"DEAD {letter.stream_id or '?'} {letter.event_id or '?'}: {letter.reason} ({letter.detail})"
     label = ev.decode_label_event(value)
     changed = "" if label.label == label.raw_label else f"  (raw: {label.raw_label})"
-    source = label.attrs.get("source") if isinstance(label.attrs, dict) else None
+    source = label.attrs.get(ev.SOURCE_ATTR) if isinstance(label.attrs, dict) else None
     named = f" {source}" if isinstance(source, str) and source else ""
     return f"{label.stream_id} {label.event_id[:8]}{named}: {label.label} {label.score:.2f}{changed}"
 
@@ -354,9 +357,7 @@ def cmd_labels(args) -> None:
     for topic, _, value in read_records(settings.broker, topics, None if args.follow else args.idle,
                                         **kafka_python_options(settings)):
         if args.json:
-            import msgpack
-
-            print(json.dumps({"topic": topic, **msgpack.unpackb(value)}, default=lambda b: b.hex()))
+            print(json.dumps({"topic": topic, **ev.decode_record(value)}, default=lambda b: b.hex()))
         else:
             print(format_record(topic, value, settings.dead_letter_topic), flush=True)
 

@@ -140,7 +140,6 @@ def start_view(settings: Settings, broker_url: str, s3_env: dict[str, str], work
     demo's S3 endpoint; the worker at `worker_url` is shown ready or paused."""
     import boto3
 
-    from workers.app import fetch_limits
     from workers.fetch import Fetcher
     from workers.tools.view import ViewThread
 
@@ -149,7 +148,7 @@ def start_view(settings: Settings, broker_url: str, s3_env: dict[str, str], work
                       aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
     view = ViewThread(view_settings, port=0, fetch_thumbnails=True,
-                      fetcher=Fetcher(fetch_limits(view_settings), s3_client=s3), workers=[worker_url])
+                      fetcher=Fetcher(view_settings.fetch_limits(), s3_client=s3), workers=[worker_url])
     view.start()
     return view
 

@@ -17,7 +17,7 @@ Thumbnails are made only from what can be had safely: inline frames, decoded wit
 bounded decoder (`workers.decode.decode_image`: pixel count checked from the header, containers
 bounded), re-encoded as a small JPEG, so the browser only ever gets images this process wrote.
 `s3://`, `http(s)://` and `file://` frames are fetched only with `fetch_thumbnails`, through the
-worker's guarded fetcher with the worker's limits (`workers.app.fetch_limits`): the same buckets,
+worker's guarded fetcher with the worker's limits (`Settings.fetch_limits`): the same buckets,
 file root, address policy, byte limit and timeouts.
 """
 from __future__ import annotations
@@ -148,8 +148,6 @@ class ViewServer:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  fetch_thumbnails: bool = False, fetcher: Fetcher | None = None, state: ViewState | None = None,
                  workers: Sequence[str] = ()):
-        from workers.decode import ImageLimits
-
         self.settings, self.host, self.port = settings, host, port
         self.fetch_thumbnails = fetch_thumbnails
         self.state = state or ViewState()
@@ -157,7 +155,7 @@ class ViewServer:
         self.state.lag.update(group=settings.app_id, topic=settings.images_topic)
         self.url: str | None = None
         self._fetcher = fetcher
-        self._limits = ImageLimits(max_pixels=settings.max_pixels)
+        self._limits = settings.image_limits()
         self._pending: OrderedDict[str, ev.ImageEvent] = OrderedDict()  # latest frame per stream, to thumbnail
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
@@ -221,10 +219,9 @@ class ViewServer:
 
     def _guarded_fetcher(self) -> Fetcher:
         if self._fetcher is None:
-            from workers.app import fetch_limits  # imports Faust: only when fetching is allowed
             from workers.fetch import Fetcher
 
-            self._fetcher = Fetcher(fetch_limits(self.settings))
+            self._fetcher = Fetcher(self.settings.fetch_limits())
         return self._fetcher
 
     async def _thumbnails(self) -> None:

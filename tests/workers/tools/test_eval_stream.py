@@ -33,11 +33,11 @@ def test_a_segment_split_by_a_gap_is_one_segment():
 def test_both_sets_and_both_live_policies_run_through_the_worker_pipeline():
     """Short streams of two realistic and two stress scenarios through the real pipeline (tiny model):
     every camera runs once per policy, uploads once; raw and hindsight rows come with each policy's."""
-    from workers.app import build_pipeline
+    from workers.pipeline import Pipeline
     from workers.settings import Settings
 
     progress = io.StringIO()
-    figures = eval_stream(build_pipeline(Settings()), streams_per_scenario=1, seed=3, scale=0.02,
+    figures = eval_stream(Pipeline.init(Settings()), streams_per_scenario=1, seed=3, scale=0.02,
                           scenarios=["quiet", "cold_start", "near_tie", "upload"], progress=progress)
     assert figures["policies"] == ["steady", "fast"] and set(figures["sets"]) == {"realistic", "stress"}
     realistic, stress = figures["sets"]["realistic"], figures["sets"]["stress"]
@@ -61,10 +61,10 @@ def test_both_sets_and_both_live_policies_run_through_the_worker_pipeline():
 def test_the_gate_s_share_of_frames_and_the_ungated_rows():
     """Fixed cameras run gated as a worker serves them and, compared, with the gate off: the ungated rows
     never reuse a frame, the gated ones reuse most of a quiet camera's, and uploads are never gated."""
-    from workers.app import build_pipeline
+    from workers.pipeline import Pipeline
     from workers.settings import Settings
 
-    figures = eval_stream(build_pipeline(Settings()), streams_per_scenario=1, seed=3, scale=0.05,
+    figures = eval_stream(Pipeline.init(Settings()), streams_per_scenario=1, seed=3, scale=0.05,
                           scenarios=["quiet", "upload"], policies=["steady"], compare_gate=True)
     quiet = figures["sets"]["realistic"]["scenarios"]["quiet"]
     assert set(quiet) == {"raw", "hindsight", "steady", "steady ungated"} and figures["compare_gate"]
