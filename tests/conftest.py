@@ -13,7 +13,7 @@ from cased_core.lexicon import load_lexicon
 from cased_core.model import load_model
 from workers.databases import load_database
 from cased_core.train import TINY_MODEL_CFG, TINY_PREPROCESS_CFG
-from workers.tools.broker import free_port
+from workers.cli.broker import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +85,7 @@ def s3_server(s3_endpoint):
 @pytest.fixture
 def broker():
     """A real Kafka-protocol broker (Tansu) on a free loopback port."""
-    from workers.tools.broker import EmbeddedBroker
+    from workers.cli.broker import EmbeddedBroker
 
     with EmbeddedBroker() as running:
         yield running

@@ -95,7 +95,7 @@ def install(faults: dict) -> None:
 
 if __name__ == "__main__":
     install(json.loads(os.environ.get("CASED_TEST_FAULTS", "{}")))
-    from workers.tools.cli import main
+    from workers.cli.commands import main
 
     sys.argv[0] = "cased"
     sys.exit(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from workers.tools.broker import free_port
+from workers.cli.broker import free_port
 
 PASS, REFUSE, SLOW_DOWN = "pass", "refuse", "slow_down"
 

@@ -14,15 +14,10 @@ from sklearn.datasets import load_sample_images
 from cased_core import tinyworld
 from cased_core.classifier import Classifier
 from cased_core.preprocess import TensorPreprocess
+from tests.workers.helpers import jpeg
 from workers.decode import ImageLimits, decode_image
 
 SIZES = [(640, 480), (1920, 1080), (320, 240), (800, 600)]
-
-
-def jpeg(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=85)
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +28,7 @@ def frames() -> list[bytes]:
     images += [Image.fromarray(getattr(photos, name)()).convert("RGB")
                for name in ("astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "horse")]
     images += [Image.fromarray(p) for p in load_sample_images().images]
-    return [jpeg(image) for image in images]
+    return [jpeg(image, quality=85) for image in images]
 
 
 def test_the_fast_path_gives_todays_labels(frames, tiny_model, tiny_database):

@@ -23,7 +23,7 @@ from aiohttp import web
 from topics.events import (
     FETCH_FAILED, FORBIDDEN_SOURCE, NOT_FOUND, TIMEOUT, TOO_LARGE, UNSUPPORTED_SOURCE, ImageEvent,
 )
-from workers.tools.broker import free_port
+from workers.cli.broker import free_port
 from workers.failures import STORAGE, SystemFault
 from workers.fetch import FetchError, Fetcher, FetchLimits, default_policy, permitted
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from kafka.partitioner.default import murmur2
 
-from tests.workers.conftest import PARTITIONS, TOPICS, collect, labels_by_event, send, shape, wait_ready
+from tests.workers.helpers import PARTITIONS, TOPICS, collect, labels_by_event, send, shape, wait_ready
 from topics import events as ev
 from workers.clients import bootstrap, ensure_topics, image_event
 

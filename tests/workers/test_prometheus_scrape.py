@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.workers.conftest import TOPICS, PARTITIONS, collect, send, shape, wait_ready
+from tests.workers.helpers import TOPICS, PARTITIONS, collect, send, shape, wait_ready
 from topics import events as ev
 from workers.clients import ensure_topics, image_event
-from workers.tools.broker import free_port
-from workers.tools.processes import stop_process
+from workers.cli.broker import free_port
+from workers.cli.processes import stop_process
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "helm" / "cased-stream" / "dashboards" / "cased-stream.json"
 

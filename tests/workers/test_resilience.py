@@ -9,7 +9,7 @@ import msgpack
 import pytest
 from PIL import Image
 
-from tests.workers.conftest import (
+from tests.workers.helpers import (
     PARTITIONS, TOPICS, by_event, collect, http_get, png, read_outputs, send, shape, wait_ready,
 )
 from tests.workers.faults import CYAN, MAGENTA

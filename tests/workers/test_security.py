@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from tests.workers.conftest import PARTITIONS, TOPICS, shape
+from tests.workers.helpers import PARTITIONS, TOPICS, shape
 from topics import events as ev
-from workers.tools.broker import EmbeddedBroker, free_port
-from workers.tools.cli import main
+from workers.cli.broker import EmbeddedBroker, free_port
+from workers.cli.commands import main
 from workers.clients import ensure_topics, image_event, producer, publish, read_records
 from workers.security import aiokafka_options, faust_credentials, kafka_python_options, kafka_security
 from workers.settings import Settings

@@ -14,7 +14,7 @@ import msgpack
 from cased_core import tinyworld
 from cased_core.stream_metrics import switches
 from cased_core.streams import names_of, scripted
-from tests.workers.conftest import (
+from tests.workers.helpers import (
     PARTITIONS, TOPICS, answered, collect, http_get, labels_by_event, png, read_outputs, send, shape, wait_ready,
 )
 from topics import events as ev
@@ -195,7 +195,7 @@ def test_a_second_worker_takes_over_partitions(broker, workers):
 
 def test_bench_stream_prints_and_writes_its_figures(tmp_path):
     out = tmp_path / "stream.json"
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "bench", "stream", "--events", "160",
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "bench", "stream", "--events", "160",
                              "--repeats", "1", "--batch-size", "8", "--sizes", "320x240", "--out", str(out),
                              "--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -231,7 +231,7 @@ def test_health_endpoints_report_readiness_liveness_and_counters(broker, workers
 
 
 def test_bench_stream_compares_the_gate_on_fixed_cameras(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "bench", "stream", "--events", "240",
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "bench", "stream", "--events", "240",
                              "--repeats", "1", "--batch-size", "8", "--sizes", "320x240", "--scenario", "fixed",
                              "--compare-gate", "--json"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,7 +2,6 @@
 worker process that exports over OTLP/HTTP to a receiver on loopback."""
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import defaultdict
@@ -21,14 +20,13 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from cased_core.classifier import Classifier
 from topics import events as ev
-from workers.tools.broker import free_port
+from workers.cli.broker import free_port
 from workers.clients import ensure_topics, image_event, producer, publish, read_messages
-from workers.histories import MemoryStore
 from workers.pipeline import Pipeline
 from workers.settings import Settings
 from workers.offsets import Consumed
 from workers.telemetry import Telemetry, exported_signals
-from tests.workers.conftest import PARTITIONS, TOPICS, shape
+from tests.workers.helpers import PARTITIONS, TOPICS, run, shape
 
 STAGES = ("consume", "fetch", "decode", "preprocess", "encode", "search", "score", "history", "produce")
 
@@ -76,16 +74,6 @@ def published(recorded: Recorded, events: list[ev.ImageEvent]) -> list[Consumed]
     return received
 
 
-def run(pipeline: Pipeline, values: list[bytes], trace) -> list:
-    async def go():
-        try:
-            return await pipeline.process(values, MemoryStore(), trace)
-        finally:
-            await pipeline.close()
-
-    return asyncio.run(go())
-
-
 def test_a_batch_has_event_spans_stage_spans_links_and_metrics(pipeline):
     recorded = Recorded()
     events = [image_event("cam", shape("star", 1), event_id="good-1"),
@@ -94,7 +82,7 @@ def test_a_batch_has_event_spans_stage_spans_links_and_metrics(pipeline):
     values = [ev.encode_image_event(e) for e in events] + [b"\xc1 not msgpack"]
     events.append(image_event("cam", b"", event_id="unreadable"))  # for its publish span; its value is garbage
     trace = recorded.telemetry.batch(published(recorded, events))
-    outputs = run(pipeline, values, trace)
+    [outputs] = run(pipeline, values, trace=trace)
     headers = [trace.producing(i, o.topic) for i, o in enumerate(outputs)]
     trace.done(outputs)
 
@@ -171,7 +159,7 @@ def test_broken_telemetry_never_breaks_processing(pipeline, caplog):
     events = [image_event("cam", shape("star", 1), event_id="good"), image_event("cam", b"x", event_id="bad")]
     values = [ev.encode_image_event(e) for e in events]
     trace = recorded.telemetry.batch(published(recorded, events))
-    outputs = run(pipeline, values, trace)
+    [outputs] = run(pipeline, values, trace=trace)
     headers = [trace.producing(i, o.topic) for i, o in enumerate(outputs)]
     trace.done(outputs)
     assert [o.topic for o in outputs] == [ev.LABELS_OUT, ev.DEAD_LETTER]

@@ -11,9 +11,9 @@ import time
 import boto3
 from kafka import KafkaConsumer
 
-from workers.tools.cli import main
+from workers.cli.commands import main
 from workers.clients import bootstrap, producer
-from workers.tools.broker import EmbeddedBroker
+from workers.cli.broker import EmbeddedBroker
 
 EXPORTED = {"CASED_BROKER", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
             "CASED_S3_BUCKETS"}
@@ -51,7 +51,7 @@ def test_local_serves_a_broker_and_a_bucket_until_ctrl_c(tmp_path):
         env.pop(name, None)
     stderr_path = tmp_path / "local.err"
     with open(stderr_path, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "workers.tools.cli", "local"], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "workers.cli", "local"], env=env,
                                    stdout=subprocess.PIPE, stderr=stderr, bufsize=0)
     try:
         exports = read_exports(process)

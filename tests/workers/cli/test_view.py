@@ -20,14 +20,14 @@ import pytest
 from PIL import Image
 
 from cased_core.streams import names_of, scripted
-from tests.workers.conftest import PARTITIONS, REPO, TOPICS, png, send, wait_ready
+from tests.workers.helpers import PARTITIONS, REPO, TOPICS, png, send, wait_ready
 from topics import events as ev
 from workers.clients import ensure_topics, image_event
 from workers.decode import ImageLimits
 from workers.fetch import Fetcher, FetchLimits
 from workers.settings import Settings
-from workers.tools.view import Page, ViewServer, make_thumbnail
-from workers.tools.view_state import OTHER_REASON, RateCounter, ViewState, partition_lag
+from workers.cli.view import Page, ViewServer, make_thumbnail
+from workers.cli.view_state import OTHER_REASON, RateCounter, ViewState, partition_lag
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; `.ci/run` installs it
 ARTIFACTS = REPO / "test-artifacts"  # ignored by git; CI keeps what the browser test saves there

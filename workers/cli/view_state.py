@@ -2,7 +2,7 @@
 it was told to ask (ready, paused on a dependency's outage), bounded
 whatever the topics hold (at most MAX_STREAMS streams, TIMELINE labels per stream, LETTERS_PER_REASON
 dead letters for each of at most MAX_REASONS reasons, strings cut to MAX_TEXT characters). No I/O:
-`workers.tools.view` feeds it decoded records and serves its snapshots."""
+`workers.cli.view` feeds it decoded records and serves its snapshots."""
 from __future__ import annotations
 
 import math

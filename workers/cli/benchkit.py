@@ -22,7 +22,7 @@ def camera_frames(count: int, seed: int = 3, size: tuple[int, int] = (640, 480))
     from PIL import Image, ImageOps
     from skimage import data
 
-    from workers.tools.demo import jpeg
+    from workers.cli.demo import jpeg
 
     rng = np.random.default_rng(seed)
     sources = [Image.fromarray(getattr(data, name)()).convert("RGB")
@@ -53,7 +53,7 @@ def fixed_camera_frames(streams: int, per_stream: int, seed: int = 5, size: tupl
     """
     from PIL import Image
 
-    from workers.tools.demo import jpeg
+    from workers.cli.demo import jpeg
 
     rng = np.random.default_rng(seed)
     width, height = size

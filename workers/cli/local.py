@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from workers.tools.broker import EmbeddedBroker
+from workers.cli.broker import EmbeddedBroker
 from workers.clients import ensure_topics
 from workers.ports import port_problem
 from workers.settings import Settings

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
 
-from workers.tools.cli import main
+from workers.cli.commands import main
 from topics import events as ev
-from tests.workers.conftest import PARTITIONS, TOPICS, collect
+from tests.workers.helpers import PARTITIONS, TOPICS, collect
 from workers.clients import TOPIC_WAIT_S, bootstrap, ensure_topics, producer
-from workers.tools.broker import free_port
+from workers.cli.broker import free_port
 from workers.settings import Settings
 
 SAMPLES = Path(__file__).resolve().parents[3] / "cased_core" / "data" / "samples"
@@ -120,7 +120,7 @@ def test_settings_from_environment():
 
 
 def test_console_script_reports_bad_environment():
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "db", "info", "tiny"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "db", "info", "tiny"], capture_output=True,
                             text=True, env={"CASED_ALPHA": "high", "PATH": ""})
     assert result.returncode == 2 and "CASED_ALPHA='high'" in result.stderr
 
@@ -157,14 +157,14 @@ def test_classify_labels_what_it_can_and_names_each_file_it_cannot(capsys, tmp_p
     (["labels"], {"CASED_MAX_WAIT_S": "0"}, "max_wait_s 0.0: must be more than 0"),
 ])
 def test_a_bad_setting_is_one_line_naming_it(argv, env, message):
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", *argv], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "workers.cli", *argv], capture_output=True, text=True,
                             env={**os.environ, **env}, timeout=60)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
 
 
 def test_a_worker_that_cannot_load_its_model_says_so_in_one_line_before_joining(broker):
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "worker", "--model", "ViT-Nope-1", "--broker",
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "worker", "--model", "ViT-Nope-1", "--broker",
                              broker.url], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if line]
@@ -184,7 +184,7 @@ def test_ctrl_c_ends_a_following_reader_quietly(broker):
     label = ev.LabelEvent("e1", "cam", "star", "star", 0.9, [["star", 0.9]], ["star"], "tiny@x", "db@y", 1.0, 2.0)
     client.send("labels.out", key=b"cam", value=ev.encode_label_event(label)).get(10)
     client.close()
-    reader = subprocess.Popen([sys.executable, "-m", "workers.tools.cli", "labels", "--follow", "--broker", broker.url],
+    reader = subprocess.Popen([sys.executable, "-m", "workers.cli", "labels", "--follow", "--broker", broker.url],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert reader.stdout.readline().startswith("cam e1: star")
@@ -196,7 +196,7 @@ def test_ctrl_c_ends_a_following_reader_quietly(broker):
 
 
 def test_commands_that_touch_no_model_import_no_torch():
-    code = ("import sys; from workers.tools.cli import main\n"
+    code = ("import sys; from workers.cli.commands import main\n"
             "for argv in (['publish', '--help'], ['labels', '--help'], ['--help']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "print(sorted(m for m in ('torch', 'faiss', 'open_clip') if m in sys.modules))")
@@ -230,7 +230,7 @@ def test_reading_a_topic_the_broker_does_not_have_is_one_line(capsys, broker):
 def test_version():
     from importlib.metadata import version
 
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "--version"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "--version"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == f"cased {version('cased-stream')}"
 
@@ -247,7 +247,7 @@ def test_classify_names_each_file_by_its_path(capsys, tmp_path):
 
 
 def test_a_flag_with_choices_shows_them():
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "worker", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "worker", "--help"], capture_output=True,
                             text=True, timeout=60)
     assert "--allow-private-hosts {0,1}" in result.stdout and "--log-format {text,json}" in result.stdout
     assert "--allow-private-hosts HOSTS" not in result.stdout
@@ -256,7 +256,7 @@ def test_a_flag_with_choices_shows_them():
 def test_a_random_init_model_leaks_no_library_warning_before_the_error():
     """open_clip warns on the root logger that ViT-B-32 has no pretrained weights; the user gets only
     the one line saying the tiny database was built with another model."""
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "classify", "--model", "ViT-B-32",
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "classify", "--model", "ViT-B-32",
                              str(SAMPLES / "star.png")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -273,7 +273,7 @@ def test_db_build_checks_its_inputs_before_loading_the_model(tmp_path):
     (taken / "keep.txt").write_text("mine")
     for out, message in ((tmp_path / "db", f"{empty} holds no captions"),
                          (taken, f"--out {taken} exists and is not an empty folder")):
-        result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "db", "build", str(empty), "--out", str(out),
+        result = subprocess.run([sys.executable, "-m", "workers.cli", "db", "build", str(empty), "--out", str(out),
                                  "--model", "ViT-Nope-1"], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and result.stderr.startswith(f"cased: error: {message}"), result.stderr
         assert len(result.stderr.splitlines()) == 1, result.stderr
@@ -303,7 +303,7 @@ def test_publish_refuses_a_topic_the_broker_does_not_have_and_creates_none(broke
     where a broker that creates topics for producers would have made one no worker reads."""
     ensure_topics(broker.url, ["images.in"], 1)
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "publish", str(SAMPLES / "star.png"),
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "publish", str(SAMPLES / "star.png"),
                              "--stream", "s", "--broker", broker.url, "--images-topic", "images.typo"],
                             capture_output=True, text=True, timeout=120)
     waited = time.monotonic() - started
@@ -320,7 +320,7 @@ def test_publish_refuses_a_topic_the_broker_does_not_have_and_creates_none(broke
 
 
 def test_view_with_no_broker_is_one_line():
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "view", "--port", "0",
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "view", "--port", "0",
                              "--broker", f"kafka://127.0.0.1:{free_port()}"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2

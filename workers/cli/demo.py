@@ -32,8 +32,8 @@ from PIL import Image
 from cased_core.history import STEADY, UPLOAD
 from cased_core.streams import Stream, scripted
 from topics import events as ev
-from workers.tools.broker import EmbeddedBroker, free_port
-from workers.tools.processes import stop_process
+from workers.cli.broker import EmbeddedBroker, free_port
+from workers.cli.processes import stop_process
 from workers import logs
 from workers.clients import ensure_topics, image_event, producer, publish, read_records
 from workers.settings import Settings
@@ -94,7 +94,7 @@ def start_worker(settings: Settings, broker_url: str, extra_env: dict[str, str] 
     env = {**os.environ, "CASED_BROKER": broker_url, "CASED_MODEL": settings.model,
            "CASED_DATABASE": settings.database, "CASED_WEB_PORT": str(free_port()), **(extra_env or {})}
     output = output or sys.stderr
-    return subprocess.Popen([sys.executable, "-m", "workers.tools.cli", "worker", "--log-level", log_level], env=env,
+    return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--log-level", log_level], env=env,
                             stdout=output, stderr=output)
 
 
@@ -141,7 +141,7 @@ def start_view(settings: Settings, broker_url: str, s3_env: dict[str, str], work
     import boto3
 
     from workers.fetch import Fetcher
-    from workers.tools.view import ViewThread
+    from workers.cli.view import ViewThread
 
     view_settings = replace(settings, broker=broker_url, s3_buckets=s3_env["CASED_S3_BUCKETS"])
     s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name=s3_env["AWS_DEFAULT_REGION"],

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.tools.benchkit import Answers, Publisher, camera_frames, fixed_camera_frames, proc_kb, say, spread
+from workers.cli.benchkit import Answers, Publisher, camera_frames, fixed_camera_frames, proc_kb, say, spread
 
 SIZES = ("640x480", "1920x1080")
 SOURCES = ("inline", "s3")
@@ -68,7 +68,7 @@ def _status(port: int) -> dict:
 def _database(model_name: str, device: str, entries: int, frames: list[bytes], work_dir: Path) -> str:
     """'tiny' for the tiny model; for an open_clip architecture (random init: its cost is the
     architecture's), a synthetic database of `entries` captions centred partly on the frames, built once
-    under `work_dir` (workers.tools.bench.synthetic_database)."""
+    under `work_dir` (workers.cli.bench.synthetic_database)."""
     if model_name == "tiny":
         return "tiny"
     import io
@@ -77,7 +77,7 @@ def _database(model_name: str, device: str, entries: int, frames: list[bytes], w
     from PIL import Image
 
     from cased_core.model import load_model
-    from workers.tools.bench import synthetic_database
+    from workers.cli.bench import synthetic_database
 
     model = load_model(model_name, None, device)
     pixels = torch.stack([model.preprocess(Image.open(io.BytesIO(f)).convert("RGB")) for f in frames[:256]])
@@ -106,10 +106,10 @@ def _one_run(broker_url: str, tag: str, size: str, frames: list[list[bytes]], ev
     """Publish `events` frames to the run's own topics, start one worker, measure it; stop it. `frames`:
     one list per stream, taken in turn (a stream's frames in order); `timed`: events carry their
     camera's time (FPS frames a second)."""
-    from workers.tools.broker import free_port
+    from workers.cli.broker import free_port
     from workers.clients import ensure_topics, image_event
-    from workers.tools.demo import local_s3, start_worker
-    from workers.tools.processes import stop_process
+    from workers.cli.demo import local_s3, start_worker
+    from workers.cli.processes import stop_process
     from workers.settings import Settings
 
     topics = {"CASED_IMAGES_TOPIC": f"{tag}.images.in", "CASED_LABELS_TOPIC": f"{tag}.labels.out",
@@ -211,7 +211,7 @@ def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3
         >>> figures = bench_stream(events=3000)  # doctest: +SKIP
         >>> figures["sizes"]["640x480"]["images_per_s"]["median"]  # doctest: +SKIP
     """
-    from workers.tools.broker import EmbeddedBroker
+    from workers.cli.broker import EmbeddedBroker
 
     if repeats < 1 or events < 10 * batch_size:
         raise ValueError("bench stream needs repeats >= 1 and events >= 10 x batch_size")

@@ -2,7 +2,7 @@ import io
 
 from cased_core.stream_metrics import Frame
 from cased_core.streams import generate
-from workers.tools.eval_stream import COLD_STARTS, eval_stream, hindsight, table
+from workers.cli.eval_stream import COLD_STARTS, eval_stream, hindsight, table
 
 SYNONYMS = {frozenset({"moon", "crescent"})}
 

@@ -227,7 +227,7 @@ def cmd_eval(args) -> None:
 def cmd_eval_stream(args) -> None:
     """`cased eval stream`: the raw and the consistent labels on simulated streams with known truth."""
     from workers.pipeline import Pipeline
-    from workers.tools.eval_stream import eval_stream, table
+    from workers.cli.eval_stream import eval_stream, table
 
     figures = eval_stream(Pipeline.init(args.settings), streams_per_scenario=args.streams, seed=args.seed,
                           scenarios=args.scenarios, policies=args.policies, progress=sys.stderr,
@@ -236,7 +236,7 @@ def cmd_eval_stream(args) -> None:
 
 
 def cmd_bench_core(args) -> None:
-    from workers.tools.bench import bench_core
+    from workers.cli.bench import bench_core
 
     figures = bench_core(model_name=args.model, entries=args.entries, batch_size=args.batch_size,
                          images=args.images, reference_images=args.reference_images,
@@ -267,7 +267,7 @@ def _worker_env(pairs: list[str] | None) -> dict[str, str]:
 
 
 def cmd_bench_stream(args) -> None:
-    from workers.tools.bench_stream import bench_stream
+    from workers.cli.bench_stream import bench_stream
 
     figures = bench_stream(model_name=args.model, batch_size=args.batch_size, events=args.events,
                            repeats=args.repeats, sizes=tuple(args.sizes), source=args.source, device=args.device,
@@ -277,7 +277,7 @@ def cmd_bench_stream(args) -> None:
 
 
 def cmd_bench_overload(args) -> None:
-    from workers.tools.bench_overload import bench_overload
+    from workers.cli.bench_overload import bench_overload
 
     figures = bench_overload(model_name=args.model, batch_size=args.batch_size, duration_s=args.duration_s,
                              factor=args.factor, worker_env=_worker_env(args.worker_env))
@@ -285,7 +285,7 @@ def cmd_bench_overload(args) -> None:
 
 
 def cmd_tiny_build(args) -> None:
-    from workers.tools.tiny import build_tiny
+    from workers.cli.tiny import build_tiny
 
     build_tiny(Path(args.out), steps=args.steps, captions=args.captions, seed=args.seed)
 
@@ -363,14 +363,14 @@ def cmd_labels(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from workers.tools.demo import run_demo
+    from workers.cli.demo import run_demo
 
     run_demo(frames=args.frames)
 
 
 def cmd_local(args) -> None:
     """`cased local`: a broker and an S3 endpoint on loopback until Ctrl-C (exit status 130)."""
-    from workers.tools.local import run_local
+    from workers.cli.local import run_local
 
     try:
         status = run_local(args.settings, broker_port=args.broker_port, s3_port=args.s3_port, bucket=args.bucket)
@@ -385,7 +385,7 @@ def cmd_view(args) -> None:
 
     from workers.clients import require_topics
     from workers.security import kafka_python_options, kafka_security
-    from workers.tools.view import serve
+    from workers.cli.view import serve
 
     settings = args.settings
     kafka_security(settings).ssl_context()  # a Kafka misconfiguration fails now, in one line
@@ -467,7 +467,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     add_flags(p, settings, "k", "alpha")
     p.add_argument("--json", action="store_true", help="one JSON object per method (stream: one object)")
     from cased_core.streams import SCENARIOS
-    from workers.tools.eval_stream import HELD_OUT_SEED, LIVE_POLICIES
+    from workers.cli.eval_stream import HELD_OUT_SEED, LIVE_POLICIES
     p.add_argument("--streams", type=int, default=6, help="stream: streams per scenario")
     p.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="stream: the streams' seed (held out by default)")
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS,
@@ -613,6 +613,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,8 +10,8 @@ import socket
 import subprocess
 import sys
 
-from tests.workers.conftest import PARTITIONS, WorkerProcess, wait_ready
-from workers.tools.broker import free_port
+from tests.workers.helpers import PARTITIONS, WorkerProcess, wait_ready
+from workers.cli.broker import free_port
 
 
 def test_a_taken_web_port_is_one_line_before_anything_else():
@@ -19,7 +19,7 @@ def test_a_taken_web_port_is_one_line_before_anything_else():
     error is about the port."""
     with socket.create_server(("0.0.0.0", 0)) as taken:
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "worker", "--web-port", str(port),
+        result = subprocess.run([sys.executable, "-m", "workers.cli", "worker", "--web-port", str(port),
                                  "--broker", f"kafka://127.0.0.1:{free_port()}"],
                                 capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
@@ -38,7 +38,7 @@ def test_ctrl_c_stops_a_worker_quietly_with_130_and_its_log_has_no_terminal_code
     env = {**os.environ, "CASED_BROKER": broker.url, "CASED_PARTITIONS": str(PARTITIONS),
            "CASED_WEB_PORT": str(web_port)}
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "workers.tools.cli", "worker"], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], env=env,
                                    stdout=terminal_end, stderr=log)
     os.close(terminal_end)
     try:

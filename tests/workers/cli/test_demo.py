@@ -15,7 +15,7 @@ from cased_core.streams import names_of
 def test_the_demo_runs_end_to_end_and_keeps_its_logs_in_one_folder():
     """`cased demo`: embedded broker, a worker, a camera and an upload stream, all answered, clean exit;
     the worker's, the broker's and the demo's own logs in the folder it names first."""
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "demo", "--frames", "3"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--frames", "3"], capture_output=True,
                             text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "15 of 15 records received" in result.stdout, result.stdout
@@ -34,7 +34,7 @@ def test_the_shipped_demo_camera_changes_its_label_exactly_at_its_two_cuts():
     """`cased demo` as shipped: embedded broker, a worker, the camera and the upload stream, all answered,
     clean exit; the camera's consistent label changes exactly twice, star -> moon -> heart with one name
     for the moon, while its raw label flickers, and the live view shows the same two changes."""
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "demo"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "demo"], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
@@ -52,7 +52,7 @@ def test_the_shipped_demo_camera_changes_its_label_exactly_at_its_two_cuts():
 @pytest.mark.parametrize("moment", ["live view: ", "published "])
 def test_ctrl_c_stops_the_demo_quietly(moment):
     """Ctrl-C while the worker starts (the view's Kafka clients connecting) or while it answers."""
-    demo = subprocess.Popen([sys.executable, "-m", "workers.tools.cli", "demo", "--frames", "3"],
+    demo = subprocess.Popen([sys.executable, "-m", "workers.cli", "demo", "--frames", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         folder = Path(re.match(r"logs in (\S+):", demo.stdout.readline()).group(1))

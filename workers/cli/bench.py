@@ -21,7 +21,7 @@ from cased_core.database import Database
 from cased_core.database_build import build_from_embeddings, plan_index
 from cased_core.lexicon import load_lexicon
 from cased_core.model import ClipModel, load_model
-from workers.tools.benchkit import say
+from workers.cli.benchkit import say
 
 TOPIC_SIZE = 50  # captions per topic
 TOPIC_WORDS = 40

@@ -8,7 +8,7 @@ whole view as a JSON snapshot over server-sent events; the page (`view.html`, on
 package data, no external resources) builds its DOM with textContent only, never innerHTML, so no
 string a producer wrote is ever parsed as markup.
 
-`workers.tools.view_state.ViewState` holds the view and is pure logic (no I/O), bounded whatever the
+`workers.cli.view_state.ViewState` holds the view and is pure logic (no I/O), bounded whatever the
 topics hold; a record whose event_id is already shown is a repeat, shown once. `ViewServer` runs the Kafka consumer (no consumer group: it reads, never commits), the thumbnailer
 and the web server on one event loop; `serve` runs one until cancelled (`cased view`), `ViewThread`
 runs one beside synchronous code (`cased demo`).
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from topics import events as ev
 from workers.settings import Settings
-from workers.tools.view_state import MAX_DETAIL, ViewState, fit_text
+from workers.cli.view_state import MAX_DETAIL, ViewState, fit_text
 
 if TYPE_CHECKING:
     from workers.decode import ImageLimits
@@ -112,7 +112,7 @@ class Page:
 
     @classmethod
     def load(cls) -> "Page":
-        html = resources.files("workers.tools").joinpath("view.html").read_text(encoding="utf-8")
+        html = resources.files("workers.cli").joinpath("view.html").read_text(encoding="utf-8")
 
         def hashes(tag: str) -> str:
             bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)

@@ -18,7 +18,7 @@ PEAK_RSS_BOUND_MB = 1600
 
 def test_bench_overload_loses_nothing_drains_and_stays_under_a_memory_bound(tmp_path):
     out = tmp_path / "overload.json"
-    result = subprocess.run([sys.executable, "-m", "workers.tools.cli", "bench", "overload", "--duration-s", "15",
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "bench", "overload", "--duration-s", "15",
                              "--factor", "3", "--json", "--out", str(out)],
                             capture_output=True, text=True, timeout=420)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.tools.processes import stop_process
+from workers.cli.processes import stop_process
 
 
 def free_port() -> int:

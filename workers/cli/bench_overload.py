@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from workers.tools.benchkit import Answers, Publisher, camera_frames, proc_kb, say, spread
+from workers.cli.benchkit import Answers, Publisher, camera_frames, proc_kb, say, spread
 
 
 def bench_overload(model_name: str = "tiny", batch_size: int = 16, duration_s: float = 180.0, factor: float = 3.0,
@@ -21,10 +21,10 @@ def bench_overload(model_name: str = "tiny", batch_size: int = 16, duration_s: f
     buffer settings."""
     import threading
 
-    from workers.tools.broker import EmbeddedBroker
+    from workers.cli.broker import EmbeddedBroker
     from workers.clients import ensure_topics, image_event
-    from workers.tools.demo import start_worker
-    from workers.tools.processes import stop_process
+    from workers.cli.demo import start_worker
+    from workers.cli.processes import stop_process
     from workers.settings import Settings
 
     settings = Settings(model=model_name)

@@ -1,0 +1,6 @@
+"""`python -m workers.cli ...`: the `cased` command line."""
+import sys
+
+from workers.cli.commands import main
+
+sys.exit(main())
