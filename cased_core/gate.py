@@ -17,7 +17,9 @@ The reference is the last *classified* frame, so slow drift cannot add up unseen
 classified at least every `max_frames` frames or `max_s` seconds of event time whatever. The frame
 after a stream's first or after a change is classified too ("confirm"): a history that waits for a
 second frame to confirm a change (cased_core.history's steady policy) must get a second look, not a
-copy of the first (a reused result is perfectly still, which would confirm a passer-by).
+copy of the first (a reused result is perfectly still, which would confirm a passer-by). A new
+stream's first COLD_START frames are all classified ("cold"): one early guess repeated would be all
+its history ever heard until the next refresh.
 
 Pure logic over plain data: the state is a dict of numbers and bytes (the worker keeps it with the
 stream's history, so it follows the stream across rebalances and replays identically).
@@ -26,15 +28,15 @@ Examples:
     >>> import numpy as np
     >>> flat = thumbnail(np.full((240, 320), 100, np.uint8))
     >>> policy = GatePolicy()
-    >>> why, state = decide(None, flat, 0.0, policy)   # a new stream: classified
-    >>> why
-    'first'
-    >>> state = classified(state, "e0", {"label": "wall", "score": 0.9, "candidates": [["wall", 0.9]],
-    ...                                  "embedding": None}, why, None)
-    >>> why, state = decide(state, flat, 0.5, policy)  # the frame after the first: a second look
-    >>> state = classified(state, "e1", {"label": "wall", "score": 0.9, "candidates": [["wall", 0.9]],
-    ...                                  "embedding": None}, why, None)
-    >>> decide(state, flat, 1.0, policy)[0] is None     # nothing changed: the result is reused
+    >>> wall = {"label": "wall", "score": 0.9, "candidates": [["wall", 0.9]], "embedding": None}
+    >>> state, seen = None, []
+    >>> for n in range(5):   # a new stream: its first frames are classified
+    ...     why, state = decide(state, flat, n * 0.5, policy)
+    ...     state = classified(state, f"e{n}", wall, why, None)
+    ...     seen.append(why)
+    >>> seen
+    ['first', 'confirm', 'cold', 'cold', 'cold']
+    >>> decide(state, flat, 2.5, policy)[0] is None     # nothing changed: the last result is reused
     True
 """
 from __future__ import annotations
@@ -53,6 +55,7 @@ MAX_THRESHOLD = 0.5  # never gate on more: unrelated frames differ by about 1.1
 SCALE_RANGE = (0.5, 4.0)
 SAME = 0.97  # cosine of two frames' embeddings above which the model saw nothing new
 MOVED = 0.9  # ... below which it saw something the gate missed
+COLD_START = 5  # a new stream's first frames are all classified: its history learns the scene from them
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def difference(a: bytes, b: bytes) -> float:
 
 
 def decide(state: dict | None, thumb: bytes, t: float | None, policy: GatePolicy) -> tuple[str | None, dict]:
-    """Why this frame must be classified ("first", "changed", "confirm" or "due"), or None when the reference's
+    """Why this frame must be classified ("first", "cold", "changed", "confirm" or "due"), or None when the reference's
     result is its result; and the stream's state after it. A classified frame becomes the reference
     at once (a later frame compares with it); its result comes with `classified`.
 
@@ -101,8 +104,8 @@ def decide(state: dict | None, thumb: bytes, t: float | None, policy: GatePolicy
         policy: when a classification is due whatever the thumbnails say.
     """
     if state is None:
-        return "first", _referenced({"noise": NOISE_START, "scale": 1.0, "event": None, "result": None}, thumb, t,
-                                    "first")
+        return "first", _referenced({"noise": NOISE_START, "scale": 1.0, "event": None, "result": None, "seen": 0},
+                                    thumb, t, "first")
     state = dict(state)
     step = difference(thumb, state["prev"])
     # Robust: a cut counts as at most a few times the noise, so one cut does not open the gate wide.
@@ -112,6 +115,8 @@ def decide(state: dict | None, thumb: bytes, t: float | None, policy: GatePolicy
         return "changed", _referenced(state, thumb, t, "changed")
     if state.get("confirm"):
         return "confirm", _referenced(state, thumb, t, "confirm")
+    if state.get("seen", COLD_START) < COLD_START:
+        return "cold", _referenced(state, thumb, t, "cold")
     due = state["frames"] + 1 >= policy.max_frames or \
         (t is not None and state["t"] is not None and t - state["t"] >= policy.max_s)
     if due:
@@ -152,7 +157,8 @@ def unpack_embedding(packed: bytes) -> np.ndarray:
 
 
 def _referenced(state: dict, thumb: bytes, t: float | None, why: str) -> dict:
-    return {**state, "ref": thumb, "prev": thumb, "t": t, "frames": 0, "confirm": why in ("first", "changed")}
+    return {**state, "ref": thumb, "prev": thumb, "t": t, "frames": 0, "confirm": why in ("first", "changed"),
+            "seen": state.get("seen", COLD_START) + 1}
 
 
 def _standard(cells: np.ndarray) -> np.ndarray:

@@ -124,7 +124,8 @@ def canonical(name: str, names: Sequence[str], same_concept: SameConcept) -> str
 
 
 def apply(state: dict | None, candidates: Sequence[tuple[str, float]], policy: HistoryPolicy,
-          same_concept: SameConcept, embedding: np.ndarray | None = None, t: float | None = None) -> Outcome:
+          same_concept: SameConcept, embedding: np.ndarray | None = None, t: float | None = None,
+          repeated: bool = False) -> Outcome:
     """Fold one image's candidate probabilities (best first) into the stream's history.
 
     Args:
@@ -134,6 +135,9 @@ def apply(state: dict | None, candidates: Sequence[tuple[str, float]], policy: H
         same_concept: whether two names denote one concept.
         embedding: the image's L2-normalised embedding; without it every frame belongs to the scene.
         t: the event's time in seconds (None: unknown).
+        repeated: the frame repeats an earlier frame's result (cased_core.gate found it unchanged): no
+            new evidence, so the label stays and no pending change is confirmed by it (a copy is
+            perfectly still, and would confirm whatever the earlier frame showed).
 
     Examples:
         >>> same = lambda a, b: False
@@ -142,6 +146,10 @@ def apply(state: dict | None, candidates: Sequence[tuple[str, float]], policy: H
         'dog'
     """
     state = _upgrade(state or {})
+    if repeated and state["current"] is not None:
+        state["t"] = t if t is not None else state["t"]
+        state["recent"] = (list(state["recent"]) + [state["current"]])[-policy.recent:]
+        return Outcome(state["current"], list(state["recent"]), state)
     names = list(state["names"])
     votes: dict[str, float] = {}
     for name, probability in candidates:

@@ -44,7 +44,7 @@ class Labeller:
         policy = self._policies.get(event.attrs.get(ev.HISTORY_ATTR), self.policy)
         before = histories.state(event.stream_id)
         outcome = history.apply(before, prediction.candidates or ((prediction.label, prediction.score),), policy,
-                                self.same_concept, prediction.embedding, event.ts)
+                                self.same_concept, prediction.embedding, event.ts, repeated=reused is not None)
         label = ev.LabelEvent(
             event_id=event.event_id, stream_id=event.stream_id, label=outcome.label, raw_label=prediction.label,
             score=round(prediction.score, 6), candidates=[[n, round(p, 6)] for n, p in prediction.candidates],

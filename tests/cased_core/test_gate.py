@@ -54,16 +54,17 @@ def test_a_still_camera_is_gated_a_cut_classified_at_once_and_a_refresh_comes_ro
     rng = np.random.default_rng(3)
     frames = [noisy(scene(1), rng) for _ in range(40)] + [noisy(scene(2), rng) for _ in range(5)]
     decisions = stepped(frames, GatePolicy(max_frames=30))
-    assert decisions[:2] == ["first", "confirm"] and decisions[40:42] == ["changed", "confirm"]  # a second look
-    assert decisions[31] == "due" and set(decisions[2:31]) == {None}  # 29 gated, then the refresh
+    assert decisions[:5] == ["first", "confirm", "cold", "cold", "cold"]  # a new stream's first frames
+    assert decisions[40:42] == ["changed", "confirm"]  # a cut, and a second look at it
+    assert decisions[34] == "due" and set(decisions[5:34]) == {None}  # 29 gated, then the refresh
     assert set(decisions[42:]) == {None}
 
 
 def test_event_time_forces_a_classification():
     rng = np.random.default_rng(4)
-    frames = [noisy(scene(1), rng) for _ in range(6)]
-    decisions = stepped(frames, GatePolicy(max_frames=100, max_s=10), times=[0, 1, 4, 8, 11, 12])
-    assert decisions == ["first", "confirm", None, None, "due", None]
+    frames = [noisy(scene(1), rng) for _ in range(8)]
+    decisions = stepped(frames, GatePolicy(max_frames=100, max_s=10), times=[0, 1, 2, 3, 4, 5, 9, 15])
+    assert decisions == ["first", "confirm", "cold", "cold", "cold", None, None, "due"]
 
 
 def test_slow_drift_cannot_add_up_unseen():

@@ -260,3 +260,22 @@ def test_steady_far_frames_that_still_show_part_of_the_scene_need_twice_the_conf
     cut = frames + [([("moon", 1.0)], near(other, i, 0.02)) for i in range(4, 8)]
     labels, _ = run(cut, HistoryPolicy())
     assert labels == ["star"] * 5 + ["moon"] * 3
+
+
+def test_a_repeated_frame_keeps_the_label_and_confirms_nothing():
+    """The change gate's copies of an earlier frame's result are no new evidence: a far frame waiting
+    for confirmation stays unconfirmed through them, and the label stays."""
+    same = lambda a, b: False  # noqa: E731
+    star, moon = np.eye(8, dtype=np.float32)[0], np.eye(8, dtype=np.float32)[1]
+    policy = HistoryPolicy(mode="steady")
+    state = None
+    for _ in range(4):
+        state = history.apply(state, [("star", 0.9), ("moon", 0.1)], policy, same, star).state
+    passing = history.apply(state, [("moon", 0.9), ("star", 0.1)], policy, same, moon)
+    copies = passing
+    for _ in range(5):
+        copies = history.apply(copies.state, [("moon", 0.9), ("star", 0.1)], policy, same, moon, repeated=True)
+        assert copies.label == "star"
+    assert copies.history[-6:] == ["star"] * 6
+    confirmed = history.apply(passing.state, [("moon", 0.9), ("star", 0.1)], policy, same, moon)  # a second real look
+    assert confirmed.label == "moon"
