@@ -6,11 +6,11 @@ from dataclasses import dataclass
 DEFAULT_ALPHA = 0.7  # CaSED's weight of image-to-name against caption-centroid-to-name similarity
 DEDUP_THRESHOLD = 0.94  # retrieved captions closer than this (cosine) count once
 
-MODES = ("cased", "cased-reference", "closest-caption", "vocabulary")  # cased_core.classifier
-SEARCHES = ("auto", "exact", "faiss")  # cased_core.search: where the nearest captions are found
-JPEG_DECODERS = ("auto", "pil", "torchvision")  # where a batch's JPEGs are decoded (cased_core.preprocess)
-HISTORY_POLICIES = ("steady", "fast", "upload")  # cased_core.history
-# cased_core.evaluate: the paper's table, CaSED, its baselines, and the upper bound that knows the true class names
+MODES = ("cased", "cased-reference", "closest-caption", "vocabulary")  # cased_core.method.classifier
+SEARCHES = ("auto", "exact", "faiss")  # cased_core.artifacts.search: where the nearest captions are found
+JPEG_DECODERS = ("auto", "pil", "torchvision")  # where a batch's JPEGs are decoded (cased_core.method.preprocess)
+HISTORY_POLICIES = ("steady", "fast", "upload")  # cased_core.method.history
+# cased_core.evaluation.evaluate: the paper's table, CaSED, its baselines, and the upper bound that knows the true class names
 METHODS = ("cased", "closest-caption", "clip-wordnet", "clip-english", "clip-true-names")
 
 

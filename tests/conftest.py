@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cased_core import tinyworld
-from cased_core.database_build import build_database
-from cased_core.lexicon import load_lexicon
-from cased_core.model import load_model
+from cased_core.tinyworld import world as tinyworld
+from cased_core.artifacts.database_build import build_database
+from cased_core.method.lexicon import load_lexicon
+from cased_core.artifacts.model import load_model
 from workers.databases import load_database
-from cased_core.train import TINY_MODEL_CFG, TINY_PREPROCESS_CFG
+from cased_core.tinyworld.train import TINY_MODEL_CFG, TINY_PREPROCESS_CFG
 from workers.cli.broker import free_port
 
 

@@ -7,7 +7,7 @@ stream's history policy, one of cased_core.options.HISTORY_POLICIES: `steady` (a
 be confirmed; the default), `fast` (a change is followed at once) or `upload` (naming only). Any
 other value, such as `live` from producers of earlier versions, gets the worker's default policy
 (CASED_HISTORY_POLICY). `attrs.gate` (GATE_ATTR) = `off` (GATE_OFF) keeps the change gate off for
-the stream (cased_core.gate).
+the stream (cased_core.method.gate).
 """
 from __future__ import annotations
 

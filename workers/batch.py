@@ -20,7 +20,7 @@ class Decoded:
     # uint8 (3, H, W) for the tensor preprocess, or a JPEG left for the batched decoder; without a tensor
     # preprocess, the model's input (3, S, S)
     pixels: torch.Tensor | EncodedJpeg
-    thumb: bytes | None = None  # the change gate's thumbnail (cased_core.gate); None: never gated
+    thumb: bytes | None = None  # the change gate's thumbnail (cased_core.method.gate); None: never gated
     extras: list[str] = field(default_factory=list)  # names the stream already used: extra candidates
 
 

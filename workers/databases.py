@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from cased_core.database import TINY_DATABASE_DIR, Database, DatabaseError
-from cased_core.digest import sha256_file
+from cased_core.artifacts.database import TINY_DATABASE_DIR, Database, DatabaseError
+from cased_core.artifacts.digest import sha256_file
 
 
 

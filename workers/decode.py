@@ -117,7 +117,7 @@ def decode_image(data: bytes, limits: ImageLimits, input_size: int | None) -> Im
         data: the encoded image (PNG, JPEG, GIF, WebP, TIFF, BMP, AVIF; see FORMATS).
         limits: the pixel count, aspect ratio and short side accepted.
         input_size: the side of the model's square input when its preprocess resizes the shortest
-            side and centre-crops (cased_core.preprocess.TensorPreprocess.of(...).size). When set, a
+            side and centre-crops (cased_core.method.preprocess.TensorPreprocess.of(...).size). When set, a
             JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still covers input_size, and an image
             longer than REDUCE_ABOVE_ASPECT:1 comes back as the input_size x input_size image the preprocess's
             Resize and CenterCrop would make of it (up to the rounding of PIL's filter weights: under

@@ -1,4 +1,4 @@
-"""One batch's change-gate decisions (cased_core.gate) over its streams' gate states.
+"""One batch's change-gate decisions (cased_core.method.gate) over its streams' gate states.
 
 Before the model: each gate-eligible frame, in event order per stream, is either sent to the model
 (and becomes its stream's reference at once) or answered from its reference: a frame of this batch
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from cased_core import gate
-from cased_core.classifier import Prediction
+from cased_core.method import gate
+from cased_core.method.classifier import Prediction
 from workers.failures import RecordFault
 from workers.histories import BatchHistories
 

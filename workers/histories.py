@@ -1,8 +1,8 @@
 """Where each stream's history lives: its state, and the record answered for each of its recent events.
 
 Two kinds of entries in one changelog-backed table, msgpack-encoded:
-- ``["s", stream_id]``: the stream's history state (cased_core.history), its change-gate state
-  (cased_core.gate) and the ids of its last `answers` answered events, oldest first;
+- ``["s", stream_id]``: the stream's history state (cased_core.method.history), its change-gate state
+  (cased_core.method.gate) and the ids of its last `answers` answered events, oldest first;
 - ``["r", stream_id, event_id]``: the exact record (topic and value) answered for that event, label or
   dead letter, so that a re-delivered event gets the identical record again.
 
@@ -23,7 +23,7 @@ from typing import Awaitable, Callable, Iterable, Protocol
 
 import msgpack
 
-from cased_core import history
+from cased_core.method import history
 
 log = logging.getLogger("cased.worker")
 
@@ -165,11 +165,11 @@ class BatchHistories:
         self._stream(stream_id)["history"] = state
 
     def names(self, stream_id: str) -> list[str]:
-        """The names the stream used so far (cased_core.history.names)."""
+        """The names the stream used so far (cased_core.method.history.names)."""
         return history.names(self.state(stream_id))
 
     def gate(self, stream_id: str) -> dict | None:
-        """The stream's change-gate state (cased_core.gate; None: none yet)."""
+        """The stream's change-gate state (cased_core.method.gate; None: none yet)."""
         return self._stream(stream_id).get("gate")
 
     def set_gate(self, stream_id: str, state: dict | None) -> None:

@@ -26,9 +26,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from cased_core.classifier import Classifier, Prediction
+from cased_core.method.classifier import Classifier, Prediction
 from cased_core.options import JPEG_DECODERS
-from cased_core.preprocess import TensorPreprocess, decode_jpegs
+from cased_core.method.preprocess import TensorPreprocess, decode_jpegs
 from topics import events as ev
 from workers.batch import Decoded
 from workers.batch_limit import BatchLimit

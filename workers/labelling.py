@@ -1,4 +1,4 @@
-"""A prediction -> its label event, through its stream's history (cased_core.history).
+"""A prediction -> its label event, through its stream's history (cased_core.method.history).
 
 The stream's policy comes from its event's `attrs.history` (else the worker's default); the history
 keeps one name per concept (same WordNet synset, or text embeddings closer than SAME_CONCEPT) and, for
@@ -12,9 +12,9 @@ from typing import Callable
 
 import numpy as np
 
-from cased_core import history
-from cased_core.classifier import Classifier, Prediction
-from cased_core.lexicon import Lexicon, concept_id
+from cased_core.method import history
+from cased_core.method.classifier import Classifier, Prediction
+from cased_core.method.lexicon import Lexicon, concept_id
 from topics import events as ev
 from workers.histories import BatchHistories
 from workers.outcomes import Output

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from cased_core import gate
-from cased_core.classifier import Classifier, Prediction
-from cased_core.lexicon import Lexicon
+from cased_core.method import gate
+from cased_core.method.classifier import Classifier, Prediction
+from cased_core.method.lexicon import Lexicon
 from workers.batch import Batch, Decoded
 from workers.costs import StageCosts
 from workers.failures import RecordFault
@@ -61,10 +61,10 @@ class Pipeline:
         Examples:
             >>> pipeline = Pipeline.init(Settings(model="tiny", database="tiny"))  # doctest: +SKIP
         """
-        from cased_core.lexicon import load_lexicon  # in the loading thread: it reads a 2 MB table
+        from cased_core.method.lexicon import load_lexicon  # in the loading thread: it reads a 2 MB table
 
         if classifier is None:
-            from cased_core.model import load_model
+            from cased_core.artifacts.model import load_model
             from workers.databases import load_database
 
             model = load_model(settings.model, settings.pretrained, settings.device)

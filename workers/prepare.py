@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from cased_core import gate, history
+from cased_core.method import gate
+from cased_core.method import history
 from topics import events as ev
 from workers.batch import Batch, Decoded
 from workers.costs import StageCosts

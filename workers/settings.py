@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from cased_core.gate import GatePolicy
-from cased_core.history import HistoryPolicy
+from cased_core.method.gate import GatePolicy
+from cased_core.method.history import HistoryPolicy
 from cased_core.options import HISTORY_POLICIES, JPEG_DECODERS, SEARCHES, ClassifierConfig
 from topics import events as ev
 from workers.decode import ImageLimits

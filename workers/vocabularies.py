@@ -1,6 +1,6 @@
 """Text embeddings of a whole vocabulary (CLIP over WordNet's nouns, an English word list, a file),
 cached on disk per model and vocabulary: WordNet's 96,636 names cost minutes with a large text
-encoder, once. The shell's side of cased_core.classifier's vocabulary mode: the cache and the
+encoder, once. The shell's side of cased_core.method.classifier's vocabulary mode: the cache and the
 progress bar live here."""
 from __future__ import annotations
 

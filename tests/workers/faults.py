@@ -36,7 +36,7 @@ def poisoned(pixels: torch.Tensor) -> bool:
 
 def install(faults: dict) -> None:
     if faults.get("preprocess"):
-        from cased_core import model
+        from cased_core.artifacts import model
 
         load_model = model.load_model
 
@@ -54,7 +54,7 @@ def install(faults: dict) -> None:
 
         model.load_model = load_model_with_fault
     if faults.get("encoder"):
-        from cased_core.model import ClipModel
+        from cased_core.artifacts.model import ClipModel
 
         encode_pixels = ClipModel.encode_pixels
 
@@ -65,7 +65,7 @@ def install(faults: dict) -> None:
 
         ClipModel.encode_pixels = failing_encode
     if "encoder_fails_while" in faults or "oom_above_while" in faults:
-        from cased_core.model import ClipModel
+        from cased_core.artifacts.model import ClipModel
 
         encode_pixels = ClipModel.encode_pixels
         failing, pressure = faults.get("encoder_fails_while"), faults.get("oom_above_while")

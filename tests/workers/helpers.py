@@ -18,7 +18,7 @@ import msgpack
 import numpy as np
 from PIL import Image
 
-from cased_core import tinyworld
+from cased_core.tinyworld import world as tinyworld
 from topics import events as ev
 from workers.cli.broker import free_port
 from workers.cli.processes import stop_process

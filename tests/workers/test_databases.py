@@ -1,7 +1,7 @@
 """workers.databases: opening a database by location (tiny, a folder, s3:// through a real S3 endpoint)."""
 import pytest
 
-from cased_core.database import DatabaseError
+from cased_core.artifacts.database import DatabaseError
 from workers.databases import load_database
 
 

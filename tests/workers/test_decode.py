@@ -20,7 +20,7 @@ from sklearn.datasets import load_sample_images
 
 from tests.workers.images import BLUE, FIRST_FRAME_RED, RED, hostile_images
 from topics import events as ev
-from cased_core.preprocess import decode_jpegs
+from cased_core.method.preprocess import decode_jpegs
 from workers.decode import DecodeError, ImageLimits, decode_image, inspect_jpeg, undecodable
 
 # workers.decode silences these at import, but pytest restores the warnings filters after collecting;
@@ -192,7 +192,7 @@ MEASURE = r"""
 import json, sys, time
 from pathlib import Path
 import open_clip
-from cased_core.preprocess import decode_jpegs
+from cased_core.method.preprocess import decode_jpegs
 from workers.decode import DecodeError, ImageLimits, decode_image, inspect_jpeg
 
 def status(field):  # kB

@@ -11,9 +11,9 @@ from PIL import Image
 from skimage import data as photos
 from sklearn.datasets import load_sample_images
 
-from cased_core import tinyworld
-from cased_core.classifier import Classifier
-from cased_core.preprocess import TensorPreprocess
+from cased_core.tinyworld import world as tinyworld
+from cased_core.method.classifier import Classifier
+from cased_core.method.preprocess import TensorPreprocess
 from tests.workers.helpers import jpeg
 from workers.decode import ImageLimits, decode_image
 
@@ -46,7 +46,7 @@ def test_the_fast_path_gives_todays_labels(frames, tiny_model, tiny_database):
 def test_the_batched_jpeg_decoder_gives_todays_labels(frames, tiny_model, tiny_database):
     """The path a GPU worker takes (torchvision decodes whole JPEGs a batch at a time, the tensor
     preprocess resizes them), run here on the CPU: no DCT scaling, so only rounding differs."""
-    from cased_core.preprocess import decode_jpegs
+    from cased_core.method.preprocess import decode_jpegs
     from workers.decode import inspect_jpeg
 
     classifier = Classifier(tiny_model, tiny_database)

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 from PIL import Image
 
-from cased_core.classifier import Classifier
+from cased_core.method.classifier import Classifier
 from tests.workers.helpers import jpeg, png, run, shape
 from tests.workers.faults import CYAN, MAGENTA, flat, poisoned
 from topics import events as ev
@@ -203,7 +203,7 @@ def test_the_batched_jpeg_decoder_labels_jpegs_and_dead_letters_the_broken_one(t
     letter, and what it cannot take (CMYK, PNG) goes through the decode threads as before."""
     import numpy as np
 
-    from cased_core import tinyworld
+    from cased_core.tinyworld import world as tinyworld
 
     star = tinyworld.render(np.random.default_rng(3), "star", size=64)[0]
     good = jpeg(star)
@@ -222,8 +222,8 @@ def test_the_batched_jpeg_decoder_labels_jpegs_and_dead_letters_the_broken_one(t
 
 
 def test_labels_say_their_concept_and_when_the_stream_changed(tiny_model, tiny_database, lexicon):
-    from cased_core.lexicon import concept_id
-    from cased_core.streams import names_of, scripted
+    from cased_core.method.lexicon import concept_id
+    from cased_core.tinyworld.cameras import names_of, scripted
 
     pipeline = make_pipeline(tiny_model, tiny_database, lexicon)
     frames = scripted("cam", [("star", 5), ("heart", 6)], seed=2).frames  # one camera: a star, a cut, a heart
@@ -411,7 +411,7 @@ def still_frames(category: str, seed: int, n: int, noise_seed: int = 0) -> list[
     """One rendered scene held for n frames with sensor noise: PNG bytes."""
     import numpy as np
 
-    from cased_core import tinyworld
+    from cased_core.tinyworld import world as tinyworld
 
     base = np.asarray(tinyworld.render(np.random.default_rng(seed), category, size=64)[0], np.float32)
     rng = np.random.default_rng(noise_seed)

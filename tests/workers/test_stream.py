@@ -11,9 +11,9 @@ from collections import defaultdict
 
 import msgpack
 
-from cased_core import tinyworld
-from cased_core.stream_metrics import switches
-from cased_core.streams import names_of, scripted
+from cased_core.tinyworld import world as tinyworld
+from cased_core.evaluation.stream_metrics import switches
+from cased_core.tinyworld.cameras import names_of, scripted
 from tests.workers.helpers import (
     PARTITIONS, TOPICS, answered, collect, http_get, labels_by_event, png, read_outputs, send, shape, wait_ready,
 )

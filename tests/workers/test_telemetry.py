@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from cased_core.classifier import Classifier
+from cased_core.method.classifier import Classifier
 from topics import events as ev
 from workers.cli.broker import free_port
 from workers.clients import ensure_topics, image_event, producer, publish, read_messages

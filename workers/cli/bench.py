@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cased_core import tinyworld
-from cased_core.classifier import Classifier
-from cased_core.database import Database
-from cased_core.database_build import build_from_embeddings, plan_index
-from cased_core.lexicon import load_lexicon
-from cased_core.model import ClipModel, load_model
+from cased_core.tinyworld import world as tinyworld
+from cased_core.method.classifier import Classifier
+from cased_core.artifacts.database import Database
+from cased_core.artifacts.database_build import build_from_embeddings, plan_index
+from cased_core.method.lexicon import load_lexicon
+from cased_core.artifacts.model import ClipModel, load_model
 from workers.cli.benchkit import say
 
 TOPIC_SIZE = 50  # captions per topic

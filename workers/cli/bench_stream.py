@@ -76,7 +76,7 @@ def _database(model_name: str, device: str, entries: int, frames: list[bytes], w
     import torch
     from PIL import Image
 
-    from cased_core.model import load_model
+    from cased_core.artifacts.model import load_model
     from workers.cli.bench import synthetic_database
 
     model = load_model(model_name, None, device)

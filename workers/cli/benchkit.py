@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cased_core import tinyworld
+from cased_core.tinyworld import world as tinyworld
 
 
 def say(message: str) -> None:

@@ -42,7 +42,7 @@ def _model_args(parser: argparse.ArgumentParser, settings: Settings, database: b
 
 
 def _load_model(args):
-    from cased_core.model import load_model
+    from cased_core.artifacts.model import load_model
 
     settings = args.settings
     return load_model(settings.model, settings.pretrained, settings.device)
@@ -79,8 +79,8 @@ def _vocabulary(args) -> list[str] | None:
         if args.vocabulary:
             raise CliError("--vocabulary is used with --mode vocabulary only; add --mode vocabulary or drop it")
         return None
-    from cased_core.evaluate import english_words
-    from cased_core.lexicon import load_lexicon
+    from cased_core.evaluation.evaluate import english_words
+    from cased_core.method.lexicon import load_lexicon
 
     sources = {"wordnet": lambda: sorted(load_lexicon().terms), "english": english_words}
     if not args.vocabulary:
@@ -104,7 +104,7 @@ def _vocabulary(args) -> list[str] | None:
 def cmd_classify(args) -> None:
     """Labels every readable image; each file that cannot be read is reported on stderr, and the
     command exits non-zero at the end when any could not."""
-    from cased_core.classifier import Classifier
+    from cased_core.method.classifier import Classifier
     from workers.decode import DecodeError, decode_image
     from workers.vocabularies import vocabulary_embeddings
 
@@ -156,7 +156,7 @@ def _built_into(out: Path, build) -> Path:
 
 def _check_captions(files: Sequence[str], column: str) -> None:
     """Each caption file holds a caption, read before the model loads (its first captions only)."""
-    from cased_core.captions import read_captions, unique_captions
+    from cased_core.artifacts.captions import read_captions, unique_captions
 
     for name in files:
         if next(unique_captions(read_captions(name, column)), None) is None:
@@ -165,8 +165,8 @@ def _check_captions(files: Sequence[str], column: str) -> None:
 
 
 def cmd_db_build(args) -> None:
-    from cased_core.database_build import build_database
-    from cased_core.lexicon import load_lexicon
+    from cased_core.artifacts.database_build import build_database
+    from cased_core.method.lexicon import load_lexicon
 
     out = Path(args.out)
     _check_out(out)
@@ -179,8 +179,8 @@ def cmd_db_build(args) -> None:
 
 
 def cmd_db_import(args) -> None:
-    from cased_core.database_build import import_clip_retrieval
-    from cased_core.lexicon import load_lexicon
+    from cased_core.artifacts.database_build import import_clip_retrieval
+    from cased_core.method.lexicon import load_lexicon
 
     out = Path(args.out)
     _check_out(out)
@@ -203,7 +203,7 @@ def cmd_eval(args) -> None:
         return cmd_eval_stream(args)
     from tqdm import tqdm
 
-    from cased_core.evaluate import evaluate, load_dataset
+    from cased_core.evaluation.evaluate import evaluate, load_dataset
     from workers.vocabularies import vocabulary_embeddings
 
     dataset = load_dataset(args.dataset)
@@ -291,7 +291,7 @@ def cmd_tiny_build(args) -> None:
 
 
 def cmd_tiny_render(args) -> None:
-    from cased_core.tinyworld import write_dataset
+    from cased_core.tinyworld.world import write_dataset
 
     root = write_dataset(args.out, args.per_class, args.seed, args.size)
     print(f"wrote {args.per_class} images for each of 10 categories under {root}")
@@ -466,7 +466,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(options.METHODS), choices=list(options.METHODS))
     add_flags(p, settings, "k", "alpha")
     p.add_argument("--json", action="store_true", help="one JSON object per method (stream: one object)")
-    from cased_core.streams import SCENARIOS
+    from cased_core.tinyworld.cameras import SCENARIOS
     from workers.cli.eval_stream import HELD_OUT_SEED, LIVE_POLICIES
     p.add_argument("--streams", type=int, default=6, help="stream: streams per scenario")
     p.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="stream: the streams' seed (held out by default)")

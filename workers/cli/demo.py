@@ -29,8 +29,8 @@ from urllib.request import urlopen
 
 from PIL import Image
 
-from cased_core.history import STEADY, UPLOAD
-from cased_core.streams import Stream, scripted
+from cased_core.method.history import STEADY, UPLOAD
+from cased_core.tinyworld.cameras import Stream, scripted
 from topics import events as ev
 from workers.cli.broker import EmbeddedBroker, free_port
 from workers.cli.processes import stop_process

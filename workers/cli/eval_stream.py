@@ -1,5 +1,5 @@
 """`cased eval stream`: how steady and how right the raw and the consistent labels are on simulated
-streams with known truth (cased_core.streams), through the worker's own batch pipeline in process.
+streams with known truth (cased_core.tinyworld.cameras), through the worker's own batch pipeline in process.
 
 Two sets of scenarios, reported apart: `realistic` (fixed cameras holding scenes for tens to thousands
 of frames) and `stress` (12-frame scenes, every disturbance frequent). Each camera stream runs once per
@@ -13,9 +13,9 @@ stream's history applied). Rows: `raw` and `hindsight` (the raw labels' majority
 segment: what a history that knew the future could reach, the ceiling of what consistency can win
 here), both from the first policy's run, then the consistent labels of each policy. A label is right
 when it names the frame's concept or one of its synonyms. Lags are measured after the changes the raw
-labels recognise (cased_core.stream_metrics).
+labels recognise (cased_core.evaluation.stream_metrics).
 
-The pipeline's change gate (cased_core.gate) answers unchanged frames of a live stream from the last
+The pipeline's change gate (cased_core.method.gate) answers unchanged frames of a live stream from the last
 classified one, as a worker does; each policy's row says which fraction of its frames the gate answered
 (`gated`). With `compare_gate`, each live stream also runs with the gate off (`attrs.gate: off`), as a
 stream of its own: rows `<policy> ungated`.
@@ -28,9 +28,9 @@ import itertools
 import time
 from typing import Iterator, Sequence, TextIO
 
-from cased_core.history import FAST, STEADY, UPLOAD
-from cased_core.stream_metrics import Frame, pooled, stream_figures
-from cased_core.streams import SCENARIOS, SETS, Stream, generate, names_of
+from cased_core.method.history import FAST, STEADY, UPLOAD
+from cased_core.evaluation.stream_metrics import Frame, pooled, stream_figures
+from cased_core.tinyworld.cameras import SCENARIOS, SETS, Stream, generate, names_of
 from topics import events as ev
 
 HELD_OUT_SEED = 20261123  # streams no setting was tuned on
@@ -132,7 +132,7 @@ def eval_stream(pipeline, streams_per_scenario: int = 6, seed: int = HELD_OUT_SE
                 batch_size: int = 16, scale: float = 1.0, progress: TextIO | None = None,
                 compare_gate: bool = False) -> dict:
     """Figures per set and scenario, and overall per set, for the raw, hindsight and each policy's
-    consistent labels (see cased_core.stream_metrics); `pipeline` is a workers.pipeline.Pipeline,
+    consistent labels (see cased_core.evaluation.stream_metrics); `pipeline` is a workers.pipeline.Pipeline,
     closed afterwards. `scale` multiplies the realistic scenes' lengths (tests run short ones);
     `compare_gate` adds each policy's labels with the change gate off.
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cased_core import tinyworld
-from cased_core.database_build import build_database
-from cased_core.lexicon import load_lexicon
-from cased_core.model import load_model
-from cased_core.train import TrainConfig, train_tiny
+from cased_core.tinyworld import world as tinyworld
+from cased_core.artifacts.database_build import build_database
+from cased_core.method.lexicon import load_lexicon
+from cased_core.artifacts.model import load_model
+from cased_core.tinyworld.train import TrainConfig, train_tiny
 
 
 def write_captions(path: Path, count: int, seed: int) -> Path:

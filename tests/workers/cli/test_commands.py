@@ -59,7 +59,7 @@ def test_db_build_and_info(capsys, tmp_path, caption_file):
 
 
 def test_eval_json_keys(capsys, tmp_path):
-    from cased_core.tinyworld import write_dataset
+    from cased_core.tinyworld.world import write_dataset
 
     write_dataset(tmp_path / "ds", per_category=2, seed=99)
     code, out, _ = run(capsys, "eval", str(tmp_path / "ds"), "--json", "--methods", "cased", "closest-caption",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cased_core.streams import names_of
+from cased_core.tinyworld.cameras import names_of
 
 
 def test_the_demo_runs_end_to_end_and_keeps_its_logs_in_one_folder():

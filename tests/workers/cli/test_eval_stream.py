@@ -1,7 +1,7 @@
 import io
 
-from cased_core.stream_metrics import Frame
-from cased_core.streams import generate
+from cased_core.evaluation.stream_metrics import Frame
+from cased_core.tinyworld.cameras import generate
 from workers.cli.eval_stream import COLD_STARTS, eval_stream, hindsight, table
 
 SYNONYMS = {frozenset({"moon", "crescent"})}

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from cased_core.streams import names_of, scripted
+from cased_core.tinyworld.cameras import names_of, scripted
 from tests.workers.helpers import PARTITIONS, REPO, TOPICS, png, send, wait_ready
 from topics import events as ev
 from workers.clients import ensure_topics, image_event
@@ -277,7 +277,7 @@ async def until(stream, predicate, timeout_s: float = 120.0):
 
 
 def camera(name: str, plan: list[tuple[str, int]], seed: int) -> list[ev.ImageEvent]:
-    """A live camera's frames (jittered renderings of each scene: cased_core.streams.scripted), inline."""
+    """A live camera's frames (jittered renderings of each scene: cased_core.tinyworld.cameras.scripted), inline."""
     frames = scripted(name, plan, seed=seed).frames
     return [image_event(name, png(f.image), {"history": "live"}, event_id=f"{name}-{i:02d}", ts=1.7e9 + f.t)
             for i, f in enumerate(frames)]

@@ -1,0 +1,1 @@
+"""The model and the caption database: loading, building, searching, identifying them."""

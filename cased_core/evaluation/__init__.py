@@ -1,0 +1,1 @@
+"""The metrics of the paper and of label streams, and the evaluation that computes them."""
