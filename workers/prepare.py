@@ -64,6 +64,8 @@ class Preparer:
         events answered already."""
         batch = Batch(values, partitions if partitions is not None else [None] * len(values), trace,
                       Outcomes(values))
+        # A view of its own: the batch before may still be in the model, its histories not yet written;
+        # this one only skips the work for events answered already, `finish` reads them again.
         todo = self._read(batch, BatchHistories(histories, self.answers))
         data = await self._fetch_all(batch, todo)
         await self._decode_all(batch, data)
