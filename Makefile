@@ -2,6 +2,10 @@
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
+# autofaiss and clip-retrieval in a venv of their own: their numpy<2 pin clashes with the project's
+# (tests/authors-requirements.txt says why; tests/cased_core/artifacts/test_authors_layout.py uses it).
+AUTHORS := .venv-authors
+AUTHORS_STAMP := $(AUTHORS)/.installed
 
 .PHONY: setup demo test bench lexicon tiny
 
@@ -11,12 +15,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(AUTHORS_STAMP): tests/authors-requirements.txt
+	$(PYTHON) -m venv $(AUTHORS)
+	$(AUTHORS)/bin/pip install -q -r tests/authors-requirements.txt
+	$(AUTHORS)/bin/pip install -q --no-deps clip-retrieval==2.45.0
+	touch $(AUTHORS_STAMP)
+
+setup: $(STAMP) $(AUTHORS_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/cased demo
 
-test: $(STAMP)
+test: $(STAMP) $(AUTHORS_STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)

@@ -24,3 +24,15 @@ class ClassifierConfig:
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # files taken as images
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What a database build may spend, and the recall its index must reach (cased_core.artifacts.database_build)."""
+    index_memory_mb: int = 2048  # an approximate index's codes and ids: what a serving worker keeps resident
+    build_memory_mb: int = 8192  # the build's peak, bounding the training sample (half of it at most)
+    recall_target: float = 0.95  # recall@k of the served search (index + exact re-ranking) against exact
+    k: int = 10  # the k recall is measured at: CaSED retrieves 10 captions
+    exact_below: int = 200_000  # fewer entries: an exact (Flat) index, small and fast enough
+    tuning_queries: int = 1000  # held-out queries the index's search settings are tuned on
+    seed: int = 0

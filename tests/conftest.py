@@ -73,7 +73,7 @@ def caption_file(tmp_path_factory) -> Path:
 def small_database(tmp_path_factory, caption_file, random_model, lexicon):
     """A real database (exact faiss index) built with the random-init tiny model."""
     out = tmp_path_factory.mktemp("db") / "small"
-    return load_database(build_database([caption_file], out, random_model, lexicon, show_progress=False))
+    return load_database(build_database([caption_file], out, random_model, lexicon))
 
 
 @pytest.fixture

@@ -65,11 +65,11 @@ class Pipeline:
 
         if classifier is None:
             from cased_core.artifacts.model import load_model
-            from workers.databases import load_database
+            from workers.databases import load_database, search_budget_mb
 
             model = load_model(settings.model, settings.pretrained, settings.device)
             database = load_database(settings.database, model.identity, settings.cache_dir)
-            database.use_search(settings.search, model.device, settings.search_memory_mb)
+            database.use_search(settings.search, model.device, search_budget_mb(settings.search_memory_mb, model.device))
             classifier = Classifier(model, database, config=settings.classifier_config())
         costs, outages = costs or StageCosts(), Outages(budget_s=settings.outage_budget_s)
         policy, gate_policy = settings.history(), settings.gate()

@@ -51,9 +51,10 @@ class Settings:
     # Defaults of the knobs the core's and the fetcher's configs also have come from those configs.
     k: int = setting(ClassifierConfig.k, "captions retrieved per image", minimum=1, maximum=1000)
     search: str = setting("auto", "caption search: exact (on the model's device), faiss (the database's index), "
-                          "auto (exact on a GPU when the embeddings fit search_memory_mb)", choices=SEARCHES)
-    search_memory_mb: int = setting(4096, "GPU memory the exact search may hold (fp16: 2 B x dim per caption)",
-                                    minimum=1)
+                          "auto (exact on a GPU when the embeddings fit its free memory: search_memory_mb)", choices=SEARCHES)
+    search_memory_mb: int = setting(0, "most GPU memory the exact search may hold, MiB (fp16: 2 B x dim per caption); "
+                                    "0: what the device has free once the model is loaded, less a fifth of the "
+                                    "card (at least 2 GiB) for the rest of a batch's work", minimum=0)
     alpha: float = setting(ClassifierConfig.alpha, "weight of image-to-name against caption-centroid-to-name similarity",
                            minimum=0, maximum=1)
     top_n: int = setting(ClassifierConfig.top_n, "candidates reported per label", minimum=1)

@@ -3,7 +3,9 @@ Writing one is cased_core.artifacts.database_build; fetching one from S3 is work
 
 A database is a folder:
 - ``manifest.json``: model identity, dimension, count, index parameters, checksums;
-- ``index.faiss``: inner-product index over caption text embeddings (exact when small, IVF-PQ when large);
+- ``index.faiss``: inner-product index over caption text embeddings (exact when small, OPQ + IVF + PQ
+  when large; memory-mapped), with the search settings the builder tuned on held-out queries recorded
+  in the manifest (``index.search_params``);
 - ``embeddings.f16``: caption embeddings, fp16 (count, dim), so query time never re-encodes captions;
 - ``captions.bin`` + ``captions.offsets``: UTF-8 captions and their int64 offsets, memory-mapped;
 - ``terms.txt`` + ``terms.f16``: the lexicon terms found in the captions and their text embeddings, so
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from cased_core.errors import DatabaseError
-from cased_core.artifacts.search import ExactSearch, FaissSearch, SearchHits, choose_search
+from cased_core.artifacts.search import REFINE, ExactSearch, FaissSearch, SearchHits, choose_search
 
 FORMAT = "cased-db/1"
 TINY_DATABASE_DIR = Path(__file__).parents[1] / "data" / "tiny-db"
@@ -52,9 +54,9 @@ class Database:
         self.count: int = self.manifest["count"]
         self.index = faiss.read_index(str(self.path / "index.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         self.embeddings = np.memmap(self.path / "embeddings.f16", np.float16, "r", shape=(self.count, self.dim))
-        self.searcher: FaissSearch | ExactSearch = FaissSearch(self.index, self.embeddings,
-                                                               self.manifest["index"].get("nprobe"),
-                                                               self.manifest["index"].get("factory", "index"))
+        self.searcher: FaissSearch | ExactSearch = FaissSearch(self.index, self.embeddings, self.search_params,
+                                                               self.manifest["index"].get("factory", "index"),
+                                                               self.refine)
         self._text = np.memmap(self.path / "captions.bin", np.uint8, "r") if self.count else np.zeros(0, np.uint8)
         self._offsets = np.fromfile(self.path / "captions.offsets", np.int64)
         self.terms: list[str] = (self.path / "terms.txt").read_text(encoding="utf-8").splitlines()
@@ -62,6 +64,18 @@ class Database:
         self._term_ptr = np.fromfile(self.path / "caption_terms.ptr", np.int64)
         self._term_ids = np.memmap(self.path / "caption_terms.ids", np.int32, "r") \
             if self._term_ptr[-1] else np.zeros(0, np.int32)
+
+    @property
+    def search_params(self) -> str | None:
+        """The index's faiss search settings (``nprobe=...``); databases from before tuning name nprobe only."""
+        info = self.manifest["index"]
+        if "search_params" in info:
+            return info["search_params"] or None
+        return f"nprobe={info['nprobe']}" if info.get("nprobe") else None
+
+    @property
+    def refine(self) -> int:
+        return int(self.manifest["index"].get("refine", REFINE))
 
     @property
     def name(self) -> str:
@@ -101,10 +115,11 @@ class Database:
         return owners, np.asarray(self._term_ids[np.repeat(starts, lengths) + within])
 
     def use_search(self, kind: str = "auto", device: torch.device | str = "cpu",
-                   memory_budget_mb: float = 4096) -> None:
-        """Search with the backend `kind` picks (cased_core.artifacts.search.choose_search)."""
-        self.searcher = choose_search(kind, device, self.embeddings, self.index, self.manifest["index"].get("nprobe"),
-                                      self.manifest["index"].get("factory", "index"), memory_budget_mb)
+                   memory_budget_mb: float = 0) -> None:
+        """Search with the backend `kind` picks (cased_core.artifacts.search.choose_search); `memory_budget_mb`:
+        what an exact search may hold on a GPU (cased_core.artifacts.search.exact_budget_mb sizes it)."""
+        self.searcher = choose_search(kind, device, self.embeddings, self.index, self.search_params,
+                                      self.manifest["index"].get("factory", "index"), memory_budget_mb, self.refine)
 
     def search(self, queries: np.ndarray, k: int) -> SearchHits:
         """The k nearest captions of each query by inner product, best first (`searcher` says how)."""

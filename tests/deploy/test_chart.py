@@ -275,6 +275,75 @@ def test_invalid_values_fail_with_a_clear_message(values, message):
     assert message in str(err.value)
 
 
+# Databases of CaSED's size on nodes (docs/databases.md): the startup budget, one copy per node.
+CC12M_GIB = 20  # `cased bench db` at 12M x 768: 20 GiB on disk
+
+
+def startup_budget_s(values: dict | None) -> int:
+    probe = worker(manifests(render(values)))["startupProbe"]
+    return probe["periodSeconds"] * probe["failureThreshold"]
+
+
+def test_the_startup_budget_follows_the_database_download():
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    base, rate = defaults["probes"]["startup"]["baseSeconds"], defaults["database"]["downloadMiBps"]
+    assert startup_budget_s(None) >= base >= 600  # the tiny database: the model's budget alone
+    cc12m = {"database": {"uri": "s3://models/dbs/cc12m", "sizeGiB": CC12M_GIB}}
+    download_s = CC12M_GIB * 1024 / rate
+    assert startup_budget_s(cc12m) >= base + 2 * download_s  # twice the measured rate's time, for slower links
+    slower = merged(cc12m, {"database": {"downloadMiBps": rate / 4}})
+    assert startup_budget_s(slower) >= base + 2 * 4 * download_s
+    assert startup_budget_s(merged(cc12m, {"probes": {"startup": {"failureThreshold": 12}}})) == 120  # fixed
+    claim = merged(cc12m, {"database": {"location": "claim", "claimName": "cc12m"}})
+    assert startup_budget_s(claim) < base + 10  # nothing to download
+
+
+def test_one_copy_of_the_database_per_node():
+    values = {"database": {"uri": "s3://models/dbs/cc12m", "sizeGiB": CC12M_GIB, "location": "node",
+                           "nodePath": "/mnt/nvme/cased"}}
+    assert helm.lint(CHART, values)["errors"] == []
+    docs = manifests(render(values))
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cache"]["hostPath"] == {"path": "/mnt/nvme/cased", "type": "DirectoryOrCreate"}
+    assert {"name": "cache", "mountPath": "/cache"} in worker(docs)["volumeMounts"]
+    assert one(docs, "ConfigMap")["data"]["CASED_CACHE_DIR"] == "/cache"
+    # hostPath ignores fsGroup: an init container hands the folder to the worker's user, with CHOWN only
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["chown", "10001:10001", "/cache"]
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    assert init["securityContext"]["allowPrivilegeEscalation"] is False
+    assert worker(docs)["securityContext"]["readOnlyRootFilesystem"] is True
+    prepared = manifests(render(merged(values, {"database": {"nodeChown": False}})))
+    assert "initContainers" not in one(prepared, "Deployment")["spec"]["template"]["spec"]
+
+
+def test_a_read_only_many_claim_holds_a_prepared_database():
+    values = {"database": {"location": "claim", "claimName": "cc12m-vit-l-14", "claimSubPath": "dbs/cc12m"}}
+    assert helm.lint(CHART, values)["errors"] == []
+    docs = manifests(render(values))
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["database"]["persistentVolumeClaim"] == {"claimName": "cc12m-vit-l-14", "readOnly": True}
+    mount = next(m for m in worker(docs)["volumeMounts"] if m["name"] == "database")
+    assert mount == {"name": "database", "mountPath": "/database", "readOnly": True, "subPath": "dbs/cc12m"}
+    assert one(docs, "ConfigMap")["data"]["CASED_DATABASE"] == mount["mountPath"]
+    assert "emptyDir" in volumes["cache"]  # the model and vocabularies still have their cache
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"database": {"location": "claim"}}, "set database.claimName"),
+    ({"database": {"location": "everywhere"}}, "/database/location"),
+    ({"database": {"location": "node"}, "cache": {"existingClaim": "c"}}, "unset cache.existingClaim"),
+    ({"database": {"nodePath": "relative/path"}}, "/database/nodePath"),
+    ({"database": {"downloadMiBps": 0}}, "/database/downloadMiBps"),
+])
+def test_invalid_database_locations_fail_with_a_clear_message(values, message):
+    with pytest.raises(helm.HelmError) as err:
+        render(values)
+    assert message in str(err.value)
+
+
 EXAMPLE = CHART / "examples" / "gpu-kafka-s3.yaml"
 DEPLOYMENT = CHART.parents[1] / "docs" / "deployment.md"
 

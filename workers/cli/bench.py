@@ -21,6 +21,7 @@ from cased_core.artifacts.database import Database
 from cased_core.artifacts.database_build import build_from_embeddings, plan_index
 from cased_core.method.lexicon import load_lexicon
 from cased_core.artifacts.model import ClipModel, load_model
+from workers.progress import ProgressBars
 from workers.cli.benchkit import say
 
 TOPIC_SIZE = 50  # captions per topic
@@ -60,7 +61,8 @@ def synthetic_database(model: ClipModel, entries: int, images: torch.Tensor, out
         topic_ids = np.minimum(np.arange(start, stop) // TOPIC_SIZE, topics - 1)
         noisy = all_centres[topic_ids] + rng.standard_normal((stop - start, model.dim)).astype(np.float32) * 0.03
         embeddings[start:stop] = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
-    path = build_from_embeddings(captions, embeddings, out, model.identity, model.encode_texts, load_lexicon())
+    path = build_from_embeddings(captions, embeddings, out, model.identity, model.encode_texts, load_lexicon(),
+                                 progress=ProgressBars())
     return Database(path)
 
 

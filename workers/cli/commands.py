@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cased_core import options
+from cased_core.options import BuildOptions
 from topics import events as ev
 from workers import logs
 from workers.settings import Settings, add_flags, apply_flags
@@ -136,22 +137,15 @@ def cmd_classify(args) -> None:
 
 
 def _check_out(out: Path) -> None:
-    """A database folder is written new: refused before anything loads when `out` holds anything."""
+    """A database folder is written new: refused before anything loads when `out` holds anything (the
+    build itself writes into a temporary folder moved into place at the end)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CliError(f"--out {out} exists and is not an empty folder; choose a new folder or delete it")
 
 
-def _built_into(out: Path, build) -> Path:
-    """`build(folder)` writes a database into a temporary folder beside `out`, moved to `out` once it
-    is complete: a failed or interrupted build leaves nothing behind, and the retry starts clean."""
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.building-", dir=out.parent) as building:
-        built = build(Path(building) / out.name)
-        if out.exists():
-            out.rmdir()  # empty (checked before the build): replaced by the built one
-        return built.rename(out)
+def _build_options(args):
+    return BuildOptions(index_memory_mb=args.index_memory_mb, build_memory_mb=args.build_memory_mb,
+                        recall_target=args.recall_target)
 
 
 def _check_captions(files: Sequence[str], column: str) -> None:
@@ -167,27 +161,25 @@ def _check_captions(files: Sequence[str], column: str) -> None:
 def cmd_db_build(args) -> None:
     from cased_core.artifacts.database_build import build_database
     from cased_core.method.lexicon import load_lexicon
+    from workers.progress import ProgressBars
 
-    out = Path(args.out)
-    _check_out(out)
+    _check_out(Path(args.out))
     _check_captions(args.captions, args.caption_column)
     model = _load_model(args)
-    built = _built_into(out, lambda folder: build_database(
-        args.captions, folder, model, load_lexicon(), args.caption_column, batch_size=args.batch_size,
-        show_progress=sys.stderr.isatty()))  # a bar redrawn with \r is garbage in a file or a pipe
-    print(json.dumps(json.loads((built / "manifest.json").read_text()), indent=2))
+    out = build_database(args.captions, args.out, model, load_lexicon(), args.caption_column,
+                         batch_size=args.batch_size, progress=ProgressBars(), options=_build_options(args))
+    print(json.dumps(json.loads((out / "manifest.json").read_text()), indent=2))
 
 
 def cmd_db_import(args) -> None:
     from cased_core.artifacts.database_build import import_clip_retrieval
     from cased_core.method.lexicon import load_lexicon
+    from workers.progress import ProgressBars
 
-    out = Path(args.out)
-    _check_out(out)
-    model = _load_model(args)
-    built = _built_into(out, lambda folder: import_clip_retrieval(
-        args.source, folder, model, load_lexicon(), args.caption_column, show_progress=sys.stderr.isatty()))
-    print(json.dumps(json.loads((built / "manifest.json").read_text()), indent=2))
+    _check_out(Path(args.out))
+    out = import_clip_retrieval(args.source, args.out, _load_model(args), load_lexicon(), args.caption_column,
+                                progress=ProgressBars(), options=_build_options(args))
+    print(json.dumps(json.loads((out / "manifest.json").read_text()), indent=2))
 
 
 def cmd_db_info(args) -> None:
@@ -244,12 +236,14 @@ def cmd_bench_core(args) -> None:
     _report(figures, args)
 
 
-def _report(figures: dict, args) -> None:
-    """Print a benchmark's figures and write them to its file."""
+def _report(figures: dict, args, table=None) -> None:
+    """Print a benchmark's figures (as `table` formats them, if given) and write them to its file."""
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
     if args.json:
         print(json.dumps(figures))
+    elif table is not None:
+        print(table(figures))
     else:
         for key, value in figures.items():
             print(f"{key:<32}{value}")
@@ -282,6 +276,17 @@ def cmd_bench_overload(args) -> None:
     figures = bench_overload(model_name=args.model, batch_size=args.batch_size, duration_s=args.duration_s,
                              factor=args.factor, worker_env=_worker_env(args.worker_env))
     _report(figures, args)
+
+
+def cmd_bench_db(args) -> None:
+    import dataclasses
+
+    from workers.cli.bench_db import bench_db, table
+
+    options = dataclasses.replace(_build_options(args), exact_below=args.exact_below)
+    figures = bench_db(entries=args.entries, dim=args.dim, work_dir=Path(args.work_dir), queries=args.queries,
+                       repeats=args.repeats, build_only=args.build_only, options=options)
+    _report(figures, args, table)
 
 
 def cmd_tiny_build(args) -> None:
@@ -416,6 +421,15 @@ def _bench_parser(bench, name: str, description: str) -> argparse.ArgumentParser
     return p
 
 
+def _build_option_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index-memory-mb", type=int, default=BuildOptions.index_memory_mb,
+                        help="an approximate index's codes and ids, what a worker keeps resident: bounds the code size")
+    parser.add_argument("--build-memory-mb", type=int, default=BuildOptions.build_memory_mb,
+                        help="the build's memory: bounds the index's training sample (half of it) and so its lists")
+    parser.add_argument("--recall-target", type=float, default=BuildOptions.recall_target,
+                        help="recall@10 against exact search the index's search settings are tuned to")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -447,12 +461,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new database folder")
     p.add_argument("--caption-column", default="caption")
     p.add_argument("--batch-size", type=int, default=256, help="texts per encoder batch")
+    _build_option_args(p)
     _model_args(p, settings, database=False)
     p.set_defaults(func=cmd_db_build)
-    p = db.add_parser("import", help="import a clip-retrieval database (text.index + metadata/*.arrow)")
+    p = db.add_parser("import", help="import a clip-retrieval database (text.index + metadata/, Arrow or Parquet)")
     p.add_argument("source", help="clip-retrieval database folder")
     p.add_argument("--out", required=True, help="new database folder")
     p.add_argument("--caption-column", default="caption")
+    _build_option_args(p)
     _model_args(p, settings, database=False)
     p.set_defaults(func=cmd_db_import)
     p = db.add_parser("info", help="print a database's manifest")
@@ -513,6 +529,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--worker-env", action="append", metavar="NAME=VALUE",
                    help="added to the worker's environment, e.g. Faust's STREAM_BUFFER_MAXSIZE=64 (repeatable)")
     p.set_defaults(func=cmd_bench_overload)
+    p = bench.add_parser("db", help="build (once) and measure a synthetic caption database of CaSED's size: build "
+                         "time and memory, disk, opening, worker memory, search time, recall and labels against exact")
+    p.add_argument("--entries", type=int, default=12_000_000, help="captions (CC12M's size by default)")
+    p.add_argument("--dim", type=int, default=768, help="embedding width (ViT-L-14's by default)")
+    p.add_argument("--queries", type=int, default=1000, help="held-out image-like queries measured")
+    p.add_argument("--repeats", type=int, default=3, help="timings per setting (min / median / max)")
+    p.add_argument("--build-only", action="store_true", help="build the database (if not kept yet), measure nothing")
+    _build_option_args(p)
+    p.add_argument("--exact-below", type=int, default=BuildOptions.exact_below,
+                   help="entries below which the index is exact")
+    p.add_argument("--work-dir", default="bench-results/work", help="where the benchmark database is kept")
+    p.add_argument("--out", default="bench-results/db.json", help="figures file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_db)
 
     p = commands.add_parser("worker", help="run one streaming worker against any Kafka cluster")
     _broker_args(p, settings)

@@ -7,6 +7,7 @@ import numpy as np
 
 from cased_core.tinyworld import world as tinyworld
 from cased_core.artifacts.database_build import build_database
+from workers.progress import ProgressBars
 from cased_core.method.lexicon import load_lexicon
 from cased_core.artifacts.model import load_model
 from cased_core.tinyworld.train import TrainConfig, train_tiny
@@ -25,6 +26,6 @@ def build_tiny(out: Path, steps: int = 3000, captions: int = 30_000, seed: int =
     model_dir = train_tiny(out / "tiny-model", TrainConfig(steps=steps, seed=seed))
     caption_file = write_captions(out / "tiny-captions.txt", captions, seed + 1000)
     model = load_model(str(model_dir), device="cpu")
-    db_dir = build_database([caption_file], out / "tiny-db", model, load_lexicon())
+    db_dir = build_database([caption_file], out / "tiny-db", model, load_lexicon(), progress=ProgressBars())
     caption_file.unlink()
     return model_dir, db_dir

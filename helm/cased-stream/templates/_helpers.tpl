@@ -94,3 +94,37 @@ checks them; `fail` aborts rendering with the message.
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (null the other)" }}
 {{- end }}
 {{- end }}
+
+{{/*
+Where the database lives on a node (database.location, docs/databases.md), and the startup probe's
+budget that follows from downloading it.
+*/}}
+{{- define "cased.databaseClaimMount" -}}/database{{- end }}
+
+{{- define "cased.databaseLocation" -}}
+{{- if eq .Values.database.location "claim" }}{{ include "cased.databaseClaimMount" . }}{{ else }}{{ .Values.database.uri }}{{ end }}
+{{- end }}
+
+{{/* baseSeconds for the model, plus twice the database's download at the rate a pod gets (none from a claim). */}}
+{{- define "cased.startupFailureThreshold" -}}
+{{- $startup := .Values.probes.startup }}
+{{- if $startup.failureThreshold }}
+{{- $startup.failureThreshold }}
+{{- else }}
+{{- $download := 0.0 }}
+{{- if ne .Values.database.location "claim" }}
+{{- $download = divf (mulf .Values.database.sizeGiB 1024 2) .Values.database.downloadMiBps }}
+{{- end }}
+{{- ceil (divf (addf (default 0 $startup.baseSeconds) $download) $startup.periodSeconds) | int }}
+{{- end }}
+{{- end }}
+
+{{- define "cased.validateDatabase" -}}
+{{- $db := .Values.database }}
+{{- if and (eq $db.location "claim") (not $db.claimName) }}
+{{- fail "database.location is claim: set database.claimName to a ReadOnlyMany PersistentVolumeClaim holding the database folder" }}
+{{- end }}
+{{- if and (eq $db.location "node") .Values.cache.existingClaim }}
+{{- fail "database.location is node: the node's folder is the cache; unset cache.existingClaim (or use location pod)" }}
+{{- end }}
+{{- end }}

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from cased_core.artifacts.search import ExactSearch, FaissSearch, choose_search
+from cased_core.artifacts.search import (GPU_RESERVE_MIN_MB, ExactSearch, FaissSearch, backend_for, choose_search,
+                               exact_budget_mb, exact_search_blocks)
+
+GIB = 2**30
+CC12M_TABLE = 12_000_000 * 768 * 2  # CC12M's caption embeddings at ViT-L-14's width, fp16: 18 GB
 
 
 def queries_near(database, count: int, seed: int = 0) -> np.ndarray:
@@ -32,6 +36,40 @@ def test_fewer_captions_than_k_are_padded(small_database):
     exact = ExactSearch(small_database.embeddings[:3], "cpu")
     hits = exact.search(queries_near(small_database, 2), 5)
     assert (hits.ids[:, 3:] == -1).all() and np.isinf(hits.scores[:, 3:]).all() and (hits.ids[:, :3] >= 0).all()
+
+
+def test_exact_search_over_blocks_matches_faiss_exact_index(small_database):
+    queries = queries_near(small_database, 16)
+    rows = small_database.caption_embeddings(np.arange(small_database.count))
+    blocks = ((start, rows[start:start + 7]) for start in range(0, len(rows), 7))
+    scores, ids = exact_search_blocks(blocks, queries, 10)
+    faiss_hits = small_database.search(queries, 10)
+    np.testing.assert_allclose(scores, faiss_hits.scores, atol=1e-5)
+    assert (ids == faiss_hits.ids).mean() >= 0.99
+    scores, ids = exact_search_blocks([(0, rows[:3])], queries, 5)  # fewer rows than k: padded
+    assert (ids[:, 3:] == -1).all() and (ids[:, :3] >= 0).all()
+
+
+def test_the_exact_budget_follows_the_devices_free_memory():
+    # An 80 GB card with the model loaded: 78 GiB free, a 16 GiB reserve (a fifth of the card).
+    assert exact_budget_mb(78 * GIB, 80 * GIB) == (78 - 16) * 1024
+    # A small card: the reserve is at least GPU_RESERVE_MIN_MB.
+    assert exact_budget_mb(6 * GIB, 8 * GIB) == 6 * 1024 - GPU_RESERVE_MIN_MB
+    assert exact_budget_mb(1 * GIB, 8 * GIB) == 0  # less free than the reserve: nothing
+    assert exact_budget_mb(78 * GIB, 80 * GIB, cap_mb=4096) == 4096  # CASED_SEARCH_MEMORY_MB caps it
+    assert exact_budget_mb(None, None) == exact_budget_mb(None, None, cap_mb=4096) == 0  # no GPU
+
+
+def test_auto_searches_exactly_on_a_gpu_whose_free_memory_holds_the_table():
+    # CC12M (18 GB fp16) on an 80 GB card: exact; on a 16 GB card, or with 50 GB already taken: faiss.
+    assert backend_for("auto", "cuda", CC12M_TABLE, exact_budget_mb(78 * GIB, 80 * GIB)) == "exact"
+    assert backend_for("auto", "cuda", CC12M_TABLE, exact_budget_mb(15 * GIB, 16 * GIB)) == "faiss"
+    assert backend_for("auto", "cuda", CC12M_TABLE, exact_budget_mb(30 * GIB, 80 * GIB)) == "faiss"
+    # the former fixed 4 GB budget sent a 2M-caption table to faiss even on an idle 80 GB card
+    assert backend_for("auto", "cuda", 2_000_000 * 768 * 2, exact_budget_mb(78 * GIB, 80 * GIB)) == "exact"
+    assert backend_for("auto", "cpu", 1, 1e9) == "faiss"  # never exact on the CPU unless asked
+    assert backend_for("exact", "cpu", CC12M_TABLE, 0) == "exact"
+    assert backend_for("faiss", "cuda", 1, 1e9) == "faiss"
 
 
 def test_choice_of_backend(small_database):
