@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from cased_core.method.gate import GatePolicy
-from cased_core.method.history import HistoryPolicy
+from cased_core.method.gate import BOUNDS as GATE_BOUNDS, GatePolicy
+from cased_core.method.history import BOUNDS as HISTORY_BOUNDS, HistoryPolicy
 from cased_core.options import HISTORY_POLICIES, JPEG_DECODERS, SEARCHES, ClassifierConfig
 from topics import events as ev
 from workers.decode import ImageLimits
@@ -38,6 +38,12 @@ def setting(default: Any, help: str, *, minimum: float | None = None, maximum: f
     return field(default=default, repr=not secret,
                  metadata={"help": help, "minimum": minimum, "maximum": maximum, "above": above,
                            "choices": choices, "flag": flag and not secret})
+
+
+def bounds(table: dict, name: str) -> dict:
+    """A setting's bounds, as the policy it configures defines them (`table`: its BOUNDS)."""
+    low, high, _ = table[name]
+    return {"minimum": low, "maximum": high}
 
 
 @dataclass(frozen=True)
@@ -76,21 +82,21 @@ class Settings:
                                   "steady (a change must be confirmed), fast (no lag, some flicker) or upload "
                                   "(naming only)", choices=HISTORY_POLICIES)
     history_similarity: float = setting(HistoryPolicy.similarity, "cosine to the scene's anchor embedding from which a frame is "
-                                        "the scene's", minimum=-1, maximum=1)
+                                        "the scene's", **bounds(HISTORY_BOUNDS, "similarity"))
     history_margin: float = setting(HistoryPolicy.margin, "lead in the scene's votes a challenger needs to take the label",
-                                    minimum=0, maximum=1)
+                                    **bounds(HISTORY_BOUNDS, "margin"))
     history_patience: int = setting(HistoryPolicy.patience, "frames that must agree with a far frame before the label "
-                                    "changes (steady, or fast once wary)", minimum=1)
+                                    "changes (steady, or fast once wary)", **bounds(HISTORY_BOUNDS, "patience"))
     history_patience_s: float = setting(HistoryPolicy.patience_s, "a far frame this many seconds after the previous one changes "
-                                        "scene at once", minimum=0)
+                                        "scene at once", **bounds(HISTORY_BOUNDS, "patience_s"))
     history_stillness: float = setting(HistoryPolicy.stillness, "steady: cosine to the first far frame within which the "
                                        "frames confirming a change must be (a new scene holds still)",
-                                       minimum=-1, maximum=1)
+                                       **bounds(HISTORY_BOUNDS, "stillness"))
     gate_frames: int = setting(GatePolicy.max_frames, "a live stream's frame that did not change since its last "
                                "classified frame reuses that result; classify at least every this many frames "
-                               "(1: every frame, the gate off)", minimum=1)
+                               "(1: every frame, the gate off)", **bounds(GATE_BOUNDS, "max_frames"))
     gate_seconds: float = setting(GatePolicy.max_s, "... and at least every this many seconds of event time",
-                                  minimum=0)
+                                  **bounds(GATE_BOUNDS, "max_s"))
     fetch_timeout_s: float = setting(FetchLimits.timeout_s, "time limit of one image fetch", above=0)
     fetch_retries: int = setting(FetchLimits.retries, "retries of a fetch that failed for a transient reason", minimum=0)
     max_bytes: int = setting(FetchLimits.max_bytes, "largest image accepted, in bytes", minimum=1)

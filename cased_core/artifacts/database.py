@@ -102,9 +102,6 @@ class Database:
             return self.searcher.table[torch.from_numpy(np.asarray(ids, np.int64)).to(device)].float()
         return torch.from_numpy(self.caption_embeddings(ids)).to(device)
 
-    def caption_term_ids(self, i: int) -> np.ndarray:
-        return np.asarray(self._term_ids[self._term_ptr[i]:self._term_ptr[i + 1]])
-
     def caption_terms_flat(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The term ids of the captions `ids` (1-D), concatenated in order, and for each the index in
         `ids` of the caption it came from."""

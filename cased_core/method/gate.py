@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from cased_core.bounds import Bounds, check_bounds
+
 THUMB = (24, 32)  # rows, columns of a thumbnail: 768 bytes
 FACTOR = 4.0  # the threshold over the stream's frame-to-frame noise
 NOISE_START = 0.03  # a new stream's noise, until it has shown its own
@@ -58,6 +60,9 @@ MOVED = 0.9  # ... below which it saw something the gate missed
 COLD_START = 5  # a new stream's first frames are all classified: its history learns the scene from them
 
 
+BOUNDS: Bounds = {"max_frames": (1, None, "frames"), "max_s": (0, None, "seconds")}
+
+
 @dataclass(frozen=True)
 class GatePolicy:
     """max_frames: classify at least every this many frames of a stream (1: every frame, no gate);
@@ -66,9 +71,7 @@ class GatePolicy:
     max_s: float = 10.0
 
     def __post_init__(self):
-        if self.max_frames < 1 or self.max_s < 0:
-            raise ValueError(f"gate max_frames {self.max_frames} must be at least 1 and max_s {self.max_s} "
-                             "at least 0")
+        check_bounds("gate", self, BOUNDS)
 
 
 def thumbnail(gray: np.ndarray) -> bytes:

@@ -43,6 +43,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cased_core.bounds import Bounds, check_bounds
 from cased_core.options import HISTORY_POLICIES
 
 STEADY, FAST, UPLOAD = HISTORY_POLICIES
@@ -62,6 +63,11 @@ SIGNIFICANCE = 1.0  # steady: a challenger's lead beyond the margin, over sqrt(f
 FORGET = 1e-3  # votes below this are dropped, so the state stays small
 
 
+BOUNDS: Bounds = {"similarity": (-1, 1, "a cosine"), "margin": (0, 1, "a share of the votes"), "patience": (1, None, "frames"),
+          "patience_s": (0, None, "seconds"), "stillness": (-1, 1, "a cosine"), "recent": (1, None, "labels"),
+          "names": (1, None, "names")}
+
+
 @dataclass(frozen=True)
 class HistoryPolicy:
     mode: str = STEADY
@@ -74,16 +80,9 @@ class HistoryPolicy:
     names: int = 16  # names remembered for consistent naming and extra candidates
 
     def __post_init__(self):
-        checks = [(self.mode in POLICIES, f"history policy {self.mode!r}: choose {' or '.join(POLICIES)}"),
-                  (-1 <= self.similarity <= 1, f"history similarity {self.similarity}: a cosine, from -1 to 1"),
-                  (0 <= self.margin <= 1, f"history margin {self.margin}: a share of the votes, from 0 to 1"),
-                  (self.patience >= 1, f"history patience {self.patience}: at least 1 frame"),
-                  (self.patience_s >= 0, f"history patience_s {self.patience_s}: seconds, 0 or more"),
-                  (-1 <= self.stillness <= 1, f"history stillness {self.stillness}: a cosine, from -1 to 1"),
-                  (self.recent >= 1 and self.names >= 1, "history recent and names: at least 1")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        if self.mode not in POLICIES:
+            raise ValueError(f"history policy {self.mode!r}: choose {' or '.join(POLICIES)}")
+        check_bounds("history", self, BOUNDS)
 
 
 @dataclass(frozen=True)

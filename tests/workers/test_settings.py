@@ -75,3 +75,22 @@ def test_every_setting_is_in_the_configuration_reference():
 
     reference = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     assert [env_name(f.name) for f in fields(Settings) if f"`{env_name(f.name)}`" not in reference] == []
+
+
+def test_history_and_gate_settings_take_their_bounds_from_the_policies():
+    from cased_core.method.gate import BOUNDS as GATE_BOUNDS, GatePolicy
+    from cased_core.method.history import BOUNDS as HISTORY_BOUNDS, HistoryPolicy
+    from workers.settings import definition
+
+    cases = [(f"history_{name}", HISTORY_BOUNDS[name], HistoryPolicy, name) for name in
+             ("similarity", "margin", "patience", "patience_s", "stillness")]
+    cases += [("gate_frames", GATE_BOUNDS["max_frames"], GatePolicy, "max_frames"),
+              ("gate_seconds", GATE_BOUNDS["max_s"], GatePolicy, "max_s")]
+    for setting, (low, high, _), policy, field in cases:
+        meta = definition(setting).metadata
+        assert (meta["minimum"], meta["maximum"]) == (low, high), setting
+        below = low - (1 if isinstance(low, int) and low >= 1 else 0.5)
+        with pytest.raises(SettingError, match=setting):
+            Settings(**{setting: below})
+        with pytest.raises(ValueError, match=f"{field} {below}"):
+            policy(**{field: below})

@@ -72,16 +72,24 @@ def _timed(fn, *args):
     return result, time.perf_counter() - started
 
 
-def bench_core(model_name: str = "ViT-B-32", entries: int = 1_000_000, batch_size: int = 32, images: int = 256,
-               reference_images: int = 8, work_dir: Path = Path("bench-results/work"),
-               device: str | None = None, search: str = "auto", search_memory_mb: float = 4096) -> dict:
+def bench_core(*, model_name: str, entries: int, batch_size: int, images: int, reference_images: int,
+               work_dir: Path, device: str | None, search: str, search_memory_mb: float) -> dict:
+    """Encode-only against classify images/s, stage times and the reference's way; the defaults are
+    the command line's (`cased bench core --help`).
+
+    Args:
+        search_memory_mb: CASED_SEARCH_MEMORY_MB, as a worker reads it (0 follows the device's free
+            memory; see workers.databases.search_budget_mb).
+    """
+    from workers.databases import search_budget_mb
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(model_name, None, device)
     say(f"model {model.identity} on {model.device}; rendering {images} images")
     pixels = bench_images(model, images)
     database = synthetic_database(model, entries, pixels,
                                   work_dir / f"db-{model.identity.replace('/', '_')}-{entries}-{images}", batch_size)
-    database.use_search(search, model.device, search_memory_mb)
+    database.use_search(search, model.device, search_budget_mb(search_memory_mb, model.device))
     classifier = Classifier(model, database)
     reference = Classifier(model, database, mode="cased-reference")
     batches = [pixels[i:i + batch_size] for i in range(0, images, batch_size)]

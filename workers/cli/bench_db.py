@@ -339,10 +339,11 @@ def _timed_search(searcher, queries: np.ndarray, batch: int) -> tuple[float, flo
     return 1000 * (time.perf_counter() - wall) / done, 1000 * (time.thread_time() - cpu) / done
 
 
-def bench_db(entries: int = 12_000_000, dim: int = 768, work_dir: Path = Path("bench-results/work"),
-             queries: int = 1000, repeats: int = 3, batches: tuple[int, ...] = (16, 256),
-             build_only: bool = False, options=None, seed: int = 0, download_max_mb: int = 4096) -> dict:
-    """Build (once) and measure a synthetic database of `entries` x `dim`; the figures (module doc)."""
+def bench_db(*, entries: int, dim: int, work_dir: Path, queries: int, repeats: int, build_only: bool, options,
+             batches: tuple[int, ...] = (16, 256), seed: int = 0, download_max_mb: int = 4096) -> dict:
+    """Build (once) and measure a synthetic database of `entries` x `dim`; the figures (module doc).
+    The defaults are the command line's (`cased bench db --help`); `options`: the build's
+    (cased_core.options.BuildOptions)."""
     import faiss
 
     from cased_core.method.classifier import Classifier
@@ -352,7 +353,6 @@ def bench_db(entries: int = 12_000_000, dim: int = 768, work_dir: Path = Path("b
     from cased_core.artifacts.database_build import BuildOptions, retune
     from workers.progress import ProgressBars
 
-    options = options or BuildOptions()
     # The folder names what was built: other budgets build another database; another recall target
     # re-tunes the kept one (minutes, where building 12M entries takes hours).
     built_by = dataclasses.replace(options, recall_target=BuildOptions.recall_target)

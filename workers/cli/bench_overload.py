@@ -8,17 +8,16 @@ import numpy as np
 from workers.cli.benchkit import Answers, Publisher, camera_frames, proc_kb, say, spread
 
 
-def bench_overload(model_name: str = "tiny", batch_size: int = 16, duration_s: float = 180.0, factor: float = 3.0,
-                   calibration_events: int | None = None,
-                   frame_count: int = 48, drain_timeout_s: float | None = None,
-                   worker_env: dict[str, str] | None = None) -> dict:
+def bench_overload(*, model_name: str, batch_size: int, duration_s: float, factor: float,
+                   worker_env: dict[str, str] | None, calibration_events: int | None = None,
+                   frame_count: int = 48, drain_timeout_s: float | None = None) -> dict:
     """Embedded broker + one worker, published to at `factor` times the rate it sustains for `duration_s`:
     the worker's memory (sampled every second), the lag, and once the burst ends, how long the backlog
     takes to drain; then every published event must have its record, and repeated records be identical.
 
     `worker_env` is added to the worker's environment: e.g. Faust's own variables (STREAM_BUFFER_MAXSIZE,
     CONSUMER_MAX_FETCH_SIZE, BROKER_MAX_POLL_RECORDS override the app's keyword arguments) to compare
-    buffer settings."""
+    buffer settings. The defaults are the command line's (`cased bench overload --help`)."""
     import threading
 
     from workers.cli.broker import EmbeddedBroker

@@ -31,6 +31,7 @@ import json
 import time
 import urllib.request
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -181,12 +182,11 @@ def _one_run(broker_url: str, tag: str, size: str, frames: list[list[bytes]], ev
             "gpu_busy_percent": gpu_busy, "gated_fraction": (last["reused"] - first["reused"]) / images}
 
 
-def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3000, repeats: int = 3,
-                 sizes: tuple[str, ...] = SIZES, source: str = "inline", device: str = "cpu", frame_count: int = 48,
-                 worker_env: dict[str, str] | None = None, entries: int = 1_000_000,
-                 work_dir: Path = Path("bench-results/work"), scenario: str = "busy",
-                 compare_gate: bool = False) -> dict:
+def bench_stream(*, model_name: str, batch_size: int, events: int, repeats: int, sizes: Sequence[str], source: str,
+                 device: str, worker_env: dict[str, str] | None, entries: int, work_dir: Path, scenario: str,
+                 compare_gate: bool, frame_count: int = 48) -> dict:
     """The ceiling and the worker's CPU per image, by stage, for each frame size; see the module's doc.
+    The defaults are the command line's (`cased bench stream --help`).
 
     Args:
         model_name: the worker's model ('tiny': its 32 px encoder costs almost nothing, so the
@@ -208,15 +208,19 @@ def bench_stream(model_name: str = "tiny", batch_size: int = 16, events: int = 3
         RuntimeError: a worker exited, or events went unanswered (the figures would be wrong).
 
     Examples:
-        >>> figures = bench_stream(events=3000)  # doctest: +SKIP
+        >>> figures = bench_stream(model_name="tiny", batch_size=16, events=3000, repeats=3, sizes=SIZES,
+        ...                        source="inline", device="cpu", worker_env=None, entries=1_000_000,
+        ...                        work_dir=Path("bench-results/work"), scenario="busy",
+        ...                        compare_gate=False)  # doctest: +SKIP
         >>> figures["sizes"]["640x480"]["images_per_s"]["median"]  # doctest: +SKIP
     """
     from workers.cli.broker import EmbeddedBroker
 
     if repeats < 1 or events < 10 * batch_size:
         raise ValueError("bench stream needs repeats >= 1 and events >= 10 x batch_size")
-    if scenario not in SCENARIOS:
-        raise ValueError(f"scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}")
+    if scenario not in SCENARIOS or source not in SOURCES:
+        raise ValueError(f"scenario {scenario!r}, source {source!r}: choose among {', '.join(SCENARIOS)} and "
+                         f"{', '.join(SOURCES)}")
     for size in sizes:
         _size(size)  # a bad size fails before anything starts
     frames: dict[str, list[list[bytes]]] = {}

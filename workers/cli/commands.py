@@ -230,9 +230,10 @@ def cmd_eval_stream(args) -> None:
 def cmd_bench_core(args) -> None:
     from workers.cli.bench import bench_core
 
+    settings = args.settings
     figures = bench_core(model_name=args.model, entries=args.entries, batch_size=args.batch_size,
-                         images=args.images, reference_images=args.reference_images,
-                         work_dir=Path(args.work_dir), device=args.device, search=args.search)
+                         images=args.images, reference_images=args.reference_images, work_dir=Path(args.work_dir),
+                         device=settings.device, search=settings.search, search_memory_mb=settings.search_memory_mb)
     _report(figures, args)
 
 
@@ -496,12 +497,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     p = _bench_parser(bench, "core", "classification cost vs image-encoder cost vs reference-style cost")
-    p.add_argument("--device", default=settings.device)
+    add_flags(p, settings, "device", "search", "search_memory_mb")
     p.add_argument("--entries", type=int, default=1_000_000, help="database size")
     p.add_argument("--images", type=int, default=256, help="images timed for encode and classify")
     p.add_argument("--reference-images", type=int, default=8, help="images timed reference-style (slow)")
-    p.add_argument("--search", default=settings.search, choices=options.SEARCHES,
-                   help="auto: exact on a GPU when the embeddings fit 4 GiB, else faiss [env CASED_SEARCH]")
     p.set_defaults(func=cmd_bench_core)
     p = _bench_parser(bench, "stream", "embedded broker + one worker: images/s answered and worker CPU per "
                       "image, by stage, for camera-sized frames")
@@ -509,9 +508,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="the worker's device (cpu, cuda)")
     p.add_argument("--events", type=int, default=3000, help="events per run")
     p.add_argument("--repeats", type=int, default=3, help="runs per frame size (min / median / max)")
-    p.add_argument("--sizes", nargs="+", default=["640x480", "1920x1080"], metavar="WxH", help="frame sizes")
-    p.add_argument("--source", default="inline", choices=["inline", "s3"], help="frames inline or as s3:// uris")
-    p.add_argument("--scenario", default="busy", choices=["busy", "fixed"],
+    from workers.cli.bench_stream import SCENARIOS as STREAM_SCENARIOS, SIZES, SOURCES
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), metavar="WxH", help="frame sizes")
+    p.add_argument("--source", default=SOURCES[0], choices=SOURCES, help="frames inline or as s3:// uris")
+    p.add_argument("--scenario", default=STREAM_SCENARIOS[0], choices=STREAM_SCENARIOS,
                    help="busy: every frame of a camera different; fixed: fixed cameras holding scenes for hundreds "
                    "of frames (noise, drifting light, a small moving object, rare cuts)")
     p.add_argument("--compare-gate", action="store_true",

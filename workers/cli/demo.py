@@ -153,7 +153,7 @@ def start_view(settings: Settings, broker_url: str, s3_env: dict[str, str], work
     return view
 
 
-def run_demo(frames: int = 12, timeout_s: float = 120.0, keep_view: bool | None = None) -> None:
+def run_demo(frames: int, timeout_s: float = 120.0, keep_view: bool | None = None) -> None:
     """Runs the demo (see the module's docstring).
 
     Args:

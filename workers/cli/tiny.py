@@ -19,7 +19,7 @@ def write_captions(path: Path, count: int, seed: int) -> Path:
     return path
 
 
-def build_tiny(out: Path, steps: int = 3000, captions: int = 30_000, seed: int = 0) -> tuple[Path, Path]:
+def build_tiny(out: Path, *, steps: int, captions: int, seed: int) -> tuple[Path, Path]:
     """Train the tiny model into out/tiny-model, then build out/tiny-db from fresh captions with it.
     The caption seed differs from the training seed so the database is not the training text."""
     out.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def test_build_load_round_trip(tmp_path, random_model, lexicon):
     assert loaded.manifest["index"]["factory"] == "Flat"
     assert loaded.manifest["model"] == random_model.identity
     star = loaded.terms.index("star")
-    assert star in loaded.caption_term_ids(1).tolist()
+    assert star in loaded.caption_terms_flat(np.array([1]))[1].tolist()
     np.testing.assert_allclose(loaded.term_embeddings[star], random_model.encode_texts(["star"])[0], atol=2e-3)
     # exact search agrees with brute force over the stored embeddings
     query = random_model.encode_texts(["star"])

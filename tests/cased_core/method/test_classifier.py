@@ -76,7 +76,8 @@ def one_image_at_a_time(classifier: Classifier, image: np.ndarray, ids: np.ndarr
     ids = ids[ids >= 0]
     embeddings = database.caption_embeddings(ids)
     kept = scoring.drop_near_duplicates(embeddings, classifier.config.dedup_threshold)
-    names = [database.terms[t] for t in select_candidates(database.caption_term_ids(int(i)) for i in ids[kept])]
+    names = [database.terms[t] for t in select_candidates(database.caption_terms_flat(ids[j:j + 1])[1]
+                                                           for j in kept)]
     names = names or [FALLBACK]
     names += [e for e in extra if e not in names]
     probabilities = scoring.cased_scores(image, scoring.centroid(embeddings[kept]), classifier.terms.embed(names),
