@@ -17,7 +17,8 @@ The reference is the last *classified* frame, so slow drift cannot add up unseen
 classified at least every `max_frames` frames or `max_s` seconds of event time whatever. The frame
 after a stream's first or after a change is classified too ("confirm"): a history that waits for a
 second frame to confirm a change (cased_core.method.history's steady policy) must get a second look, not a
-copy of the first (a reused result is perfectly still, which would confirm a passer-by). A new
+copy of the first (a reused result is perfectly still, which would confirm a passer-by); while the
+looks after a change disagree on the label, a few more frames are classified. A new
 stream's first COLD_START frames are all classified ("cold"): one early guess repeated would be all
 its history ever heard until the next refresh.
 
@@ -140,6 +141,12 @@ def classified(state: dict, event_id: str, result: dict[str, Any], why: str, bef
             state["scale"] = min(high, state["scale"] * 1.25)
         elif why == "due" and cosine < MOVED:  # the model saw a change the gate missed: gate less
             state["scale"] = max(low, state["scale"] * 0.7)
+    if why == "confirm" and before is not None and before.get("label") != result.get("label") \
+            and state.get("looks", 0) < COLD_START:
+        # The two looks after a change disagree (a cut's first frame is often a blend of both scenes):
+        # the scene is still settling, and a history waiting for two frames naming the same thing
+        # would otherwise wait for the next refresh. Look again, a few times at most.
+        state.update(confirm=True, looks=state.get("looks", 0) + 1)
     state.update(event=event_id, result=result)
     return state
 
@@ -160,8 +167,9 @@ def unpack_embedding(packed: bytes) -> np.ndarray:
 
 
 def _referenced(state: dict, thumb: bytes, t: float | None, why: str) -> dict:
-    return {**state, "ref": thumb, "prev": thumb, "t": t, "frames": 0, "confirm": why in ("first", "changed"),
-            "seen": state.get("seen", COLD_START) + 1}
+    changed = why in ("first", "changed")
+    return {**state, "ref": thumb, "prev": thumb, "t": t, "frames": 0, "confirm": changed,
+            "looks": 0 if changed else state.get("looks", 0), "seen": state.get("seen", COLD_START) + 1}
 
 
 def _standard(cells: np.ndarray) -> np.ndarray:
