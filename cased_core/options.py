@@ -36,3 +36,17 @@ class BuildOptions:
     exact_below: int = 200_000  # fewer entries: an exact (Flat) index, small and fast enough
     tuning_queries: int = 1000  # held-out queries the index's search settings are tuned on
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the tiny world's CLIP is trained (cased_core.tinyworld.train)."""
+    steps: int = 3000
+    batch_size: int = 256
+    images: int = 60_000
+    captions_per_image: int = 3
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup: int = 100
+    seed: int = 0
+    render_size: int = 64

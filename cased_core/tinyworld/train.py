@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from cased_core.options import TrainConfig
 from cased_core.tinyworld import world as tinyworld
 
 # A convolutional tower on 32 px images learns shape rather than colour in
@@ -28,19 +28,6 @@ TINY_MODEL_CFG: dict = {
 TINY_PREPROCESS_CFG: dict = {"size": 32, "mean": [0.48145466, 0.4578275, 0.40821073],
                              "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic",
                              "resize_mode": "shortest"}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 3000
-    batch_size: int = 256
-    images: int = 60_000
-    captions_per_image: int = 3
-    lr: float = 2e-3
-    weight_decay: float = 0.1
-    warmup: int = 100
-    seed: int = 0
-    render_size: int = 64
 
 
 def _render_corpus(cfg: TrainConfig, preprocess: Callable, tokenizer: Callable,

@@ -28,6 +28,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (120, 70, 30), "grey": (128, 128, 128), "cyan": (40, 210, 220),
 }
 
+IMAGE_SIZE = 64  # pixels a side of a rendered image
 SIZES = {"small": (0.16, 0.24), "medium": (0.25, 0.33), "large": (0.34, 0.44)}
 
 # Words a web caption may use for each shape, besides its own name.
@@ -184,7 +185,7 @@ def random_scene(rng: np.random.Generator, category: str | None = None) -> Scene
     )
 
 
-def render(rng: np.random.Generator, category: str | None = None, size: int = 64) -> tuple[Image.Image, Scene]:
+def render(rng: np.random.Generator, category: str | None = None, size: int = IMAGE_SIZE) -> tuple[Image.Image, Scene]:
     """Render one image of `category` (random if None); the colour is chosen to contrast with the background."""
     background = _background(rng, size)
     scene = random_scene(rng, category)
@@ -218,7 +219,7 @@ def captions(rng: np.random.Generator, count: int) -> Iterator[str]:
         yield caption(rng, random_scene(rng))
 
 
-def write_dataset(root: str | Path, per_category: int, seed: int, size: int = 64) -> Path:
+def write_dataset(root: str | Path, per_category: int, seed: int, size: int = IMAGE_SIZE) -> Path:
     """Write an evaluation dataset: one sub-folder per category, PNG images."""
     root = Path(root)
     rng = np.random.default_rng(seed)

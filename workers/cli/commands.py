@@ -297,10 +297,10 @@ def cmd_tiny_build(args) -> None:
 
 
 def cmd_tiny_render(args) -> None:
-    from cased_core.tinyworld.world import write_dataset
+    from cased_core.tinyworld.world import CATEGORIES, write_dataset
 
     root = write_dataset(args.out, args.per_class, args.seed, args.size)
-    print(f"wrote {args.per_class} images for each of 10 categories under {root}")
+    print(f"wrote {args.per_class} images for each of {len(CATEGORIES)} categories under {root}")
 
 
 def cmd_worker(args) -> None:
@@ -599,13 +599,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--per-class", type=int, default=30)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--size", type=int, default=64)
+    from cased_core.tinyworld.world import IMAGE_SIZE
+    p.add_argument("--size", type=int, default=IMAGE_SIZE, help="pixels a side")
     p.set_defaults(func=cmd_tiny_render)
     p = tiny.add_parser("build", help="train the tiny model and build its caption database")
     p.add_argument("--out", required=True, help="folder receiving tiny-model/ and tiny-db/")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--captions", type=int, default=30_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=options.TrainConfig.steps, help="training steps")
+    p.add_argument("--captions", type=int, default=30_000, help="captions in its database")
+    p.add_argument("--seed", type=int, default=options.TrainConfig.seed, help="training seed (captions: seed + 1000)")
     p.set_defaults(func=cmd_tiny_build)
     return parser
 

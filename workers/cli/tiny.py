@@ -10,7 +10,8 @@ from cased_core.artifacts.database_build import build_database
 from workers.progress import ProgressBars
 from cased_core.method.lexicon import load_lexicon
 from cased_core.artifacts.model import load_model
-from cased_core.tinyworld.train import TrainConfig, train_tiny
+from cased_core.options import TrainConfig
+from cased_core.tinyworld.train import train_tiny
 
 
 def write_captions(path: Path, count: int, seed: int) -> Path:

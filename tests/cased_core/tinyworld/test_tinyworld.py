@@ -2,7 +2,8 @@ import numpy as np
 
 from cased_core.tinyworld import world as tinyworld
 from cased_core.artifacts.model import load_model
-from cased_core.tinyworld.train import TrainConfig, train_tiny
+from cased_core.options import TrainConfig
+from cased_core.tinyworld.train import train_tiny
 
 
 def test_render_is_seeded_and_labelled():
