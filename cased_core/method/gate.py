@@ -59,6 +59,7 @@ SCALE_RANGE = (0.5, 4.0)
 SAME = 0.97  # cosine of two frames' embeddings above which the model saw nothing new
 MOVED = 0.9  # ... below which it saw something the gate missed
 COLD_START = 5  # a new stream's first frames are all classified: its history learns the scene from them
+MORE_LOOKS = 5  # frames classified at most after a change's second look while the looks disagree
 
 
 BOUNDS: Bounds = {"max_frames": (1, None, "frames"), "max_s": (0, None, "seconds")}
@@ -142,7 +143,7 @@ def classified(state: dict, event_id: str, result: dict[str, Any], why: str, bef
         elif why == "due" and cosine < MOVED:  # the model saw a change the gate missed: gate less
             state["scale"] = max(low, state["scale"] * 0.7)
     if why == "confirm" and before is not None and before.get("label") != result.get("label") \
-            and state.get("looks", 0) < COLD_START:
+            and state.get("looks", 0) < MORE_LOOKS:
         # The two looks after a change disagree (a cut's first frame is often a blend of both scenes):
         # the scene is still settling, and a history waiting for two frames naming the same thing
         # would otherwise wait for the next refresh. Look again, a few times at most.

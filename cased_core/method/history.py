@@ -63,9 +63,9 @@ SIGNIFICANCE = 1.0  # steady: a challenger's lead beyond the margin, over sqrt(f
 FORGET = 1e-3  # votes below this are dropped, so the state stays small
 
 
-BOUNDS: Bounds = {"similarity": (-1, 1, "a cosine"), "margin": (0, 1, "a share of the votes"), "patience": (1, None, "frames"),
-          "patience_s": (0, None, "seconds"), "stillness": (-1, 1, "a cosine"), "recent": (1, None, "labels"),
-          "names": (1, None, "names")}
+BOUNDS: Bounds = {"similarity": (-1, 1, "a cosine"), "margin": (0, 1, "a share of the votes"),
+                  "patience": (1, None, "frames"), "patience_s": (0, None, "seconds"),
+                  "stillness": (-1, 1, "a cosine"), "recent": (1, None, "labels"), "names": (1, None, "names")}
 
 
 @dataclass(frozen=True)

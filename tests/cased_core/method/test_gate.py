@@ -63,10 +63,10 @@ def test_a_still_camera_is_gated_a_cut_classified_at_once_and_a_refresh_comes_ro
 def test_while_the_looks_after_a_cut_disagree_the_gate_looks_again():
     """A cut's first frame often blends both scenes and names something else: the second look names
     the new scene, and a third must come before the gate answers again (a steady history needs two
-    frames naming the same thing). At most COLD_START more looks when the labels never settle."""
+    frames naming the same thing). At most MORE_LOOKS more looks when the labels never settle."""
     rng = np.random.default_rng(5)
     frames = [noisy(scene(1), rng) for _ in range(10)] + [noisy(scene(2), rng) for _ in range(12)]
-    for labels, looks in (({10: "blend", 11: "moon"}, 1), ({n: f"label {n}" for n in range(10, 22)}, gate.COLD_START),
+    for labels, looks in (({10: "blend", 11: "moon"}, 1), ({n: f"label {n}" for n in range(10, 22)}, gate.MORE_LOOKS),
                           ({10: "moon", 11: "moon"}, 0)):
         state, decisions, before = None, [], None
         for n, frame in enumerate(frames):
