@@ -9,7 +9,7 @@ vectors the captions and candidate names are made of, near-duplicate captions; a
 in a cone of their own (CLIP's modality gap). The captions are lexicon words, so that candidate
 extraction and scoring run as in production; candidate names get their embeddings from the same world.
 
-Reported, as JSON and a table: the build's wall and CPU time and peak RSS by step; bytes on disk by
+Reported, as JSON and a table: the build's wall and CPU time, peak RSS and peak anonymous memory by step; bytes on disk by
 file; the time to open the database cold (its files evicted from the page cache) and warm; a worker's
 RSS after opening it and after searching; k-NN search time per image in batches of 16 and 256 on one
 core at the tuned setting and two others, its recall@10 against exact search on held-out queries, and
@@ -26,6 +26,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,12 +174,28 @@ def _peak_rss_reset() -> None:
 
 
 class StepClock:
-    """A build's progress callback that times each step (wall and CPU) and records its peak RSS, and
-    passes the progress on to `then` (the progress bars)."""
+    """A build's progress callback that times each step (wall and CPU) and records its peak RSS and its
+    peak anonymous memory, and passes the progress on to `then` (the progress bars).
+
+    RSS counts the pages of memory-mapped files the step touched (tuning re-ranks from the mapped
+    embeddings: page cache, shared and reclaimable); the anonymous peak is what the process itself
+    holds, sampled every SAMPLE_S by a thread (VmHWM has no anonymous twin)."""
+
+    SAMPLE_S = 0.2
 
     def __init__(self, then):
         self.then, self.steps, self.current = then, {}, None
         self.wall = self.cpu = 0.0
+        self.anon_kb = 0
+        self._lock = threading.Lock()  # a sample read before a step began must not count in it
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.SAMPLE_S):
+            with self._lock:
+                self.anon_kb = max(self.anon_kb, proc_kb(os.getpid(), "RssAnon") or 0)
 
     def _cpu(self) -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -188,15 +205,25 @@ class StepClock:
         if step != self.current:
             self.finish()
             self.current, self.wall, self.cpu = step, time.perf_counter(), self._cpu()
-            _peak_rss_reset()
+            with self._lock:
+                self.anon_kb = proc_kb(os.getpid(), "RssAnon") or 0
+                _peak_rss_reset()
         self.then(step, done, total)
 
     def finish(self) -> None:
         if self.current is not None:
             self.steps[self.current] = {"wall_s": round(time.perf_counter() - self.wall, 1),
                                         "cpu_s": round(self._cpu() - self.cpu, 1),
-                                        "peak_rss_mb": round((proc_kb(os.getpid(), "VmHWM") or 0) / 1024)}
+                                        "peak_rss_mb": round((proc_kb(os.getpid(), "VmHWM") or 0) / 1024),
+                                        "peak_anon_mb": round(max(self.anon_kb, proc_kb(os.getpid(), "RssAnon") or 0)
+                                                              / 1024)}
             self.current = None
+
+    def close(self) -> None:
+        """Ends the last step and stops sampling."""
+        self.finish()
+        self._stop.set()
+        self._sampler.join()
 
 
 def build(world: SyntheticWorld, out: Path, options, tuning: np.ndarray) -> dict:
@@ -214,10 +241,11 @@ def build(world: SyntheticWorld, out: Path, options, tuning: np.ndarray) -> dict
         build_from_parts(world.parts(), out, world.dim, model.identity, model.encode_texts, load_lexicon(),
                          clock, options, queries=tuning, total=world.entries)
     finally:
-        clock.finish()
+        clock.close()
         bars.close()
     return {"wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(clock._cpu() - cpu, 1),
-            "peak_rss_mb": max(s["peak_rss_mb"] for s in clock.steps.values()), "steps": clock.steps,
+            "peak_rss_mb": max(s["peak_rss_mb"] for s in clock.steps.values()),
+            "peak_anon_mb": max(s["peak_anon_mb"] for s in clock.steps.values()), "steps": clock.steps,
             "options": dataclasses.asdict(options)}
 
 
@@ -517,10 +545,13 @@ def table(figures: dict) -> str:
              + (f", re-tuned in {figures['retuned_s']:,} s)" if figures.get("retuned_s") is not None else ")")]
     build_figures = figures.get("build")
     if build_figures:
+        def anon(f: dict) -> str:  # builds kept from before it was sampled lack it
+            return f", anonymous {f['peak_anon_mb']:,} MB" if "peak_anon_mb" in f else ""
+
         lines.append(f"build: {build_figures['wall_s']:,.0f} s wall, {build_figures['cpu_s']:,.0f} s CPU, peak RSS "
-                     f"{build_figures['peak_rss_mb']:,} MB")
+                     f"{build_figures['peak_rss_mb']:,} MB{anon(build_figures)}")
         lines += [f"  {step:<10} {s['wall_s']:>9,.1f} s wall {s['cpu_s']:>9,.1f} s CPU  peak RSS {s['peak_rss_mb']:>6,} MB"
-                  for step, s in build_figures["steps"].items()]
+                  f"{anon(s)}" for step, s in build_figures["steps"].items()]
     lines.append("on disk: " + ", ".join(f"{name} {mb:,.1f} MB" for name, mb in figures["disk_mb"].items()))
     if "open" in figures:
         for kind, f in figures["open"].items():
