@@ -25,7 +25,8 @@ def test_bench_db_builds_once_and_measures_everything(tmp_path):
     assert figures["entries"] == 20_000 and figures["index"].startswith("OPQ16_32,IVF")
     build = figures["build"]
     assert list(build["steps"]) == ["captions", "terms", "training", "indexing", "tuning", "checksums"]
-    assert all(step["wall_s"] >= 0 and 0 < step["peak_anon_mb"] <= step["peak_rss_mb"] for step in build["steps"].values())
+    assert all(step["wall_s"] >= 0 and 0 < step["peak_anon_mb"] <= step["peak_rss_mb"]
+               for step in build["steps"].values())
     assert build["peak_anon_mb"] == max(step["peak_anon_mb"] for step in build["steps"].values())
     assert figures["disk_mb"]["embeddings.f16"] == round(20_000 * 32 * 2 / 2**20, 1)
     tuned = [row for row in figures["search"] if row["tuned"]]
