@@ -10,8 +10,8 @@ in a cone of their own (CLIP's modality gap). The captions are lexicon words, so
 extraction and scoring run as in production; candidate names get their embeddings from the same world.
 
 Reported, as JSON and a table: the build's wall and CPU time, peak RSS and peak anonymous memory by
-step; bytes on disk by file; the time to open the database cold (its files evicted from the page cache) and warm; a worker's
-RSS after opening it and after searching; k-NN search time per image in batches of 16 and 256 on one
+step; bytes on disk by file; the time to open the database cold (its files evicted from the page
+cache) and warm; a worker's RSS after opening it and after searching; k-NN search time per image in batches of 16 and 256 on one
 core at the tuned setting and two others, its recall@10 against exact search on held-out queries, and
 the fraction of final labels identical to those exact search gives; the PSS of two workers sharing one
 copy of the files.
